@@ -1,0 +1,39 @@
+"""Shared pieces of the node layer: the pack's type names, category and model folder."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+CATEGORY = "image/restoration/FSUPIR"
+SUPIR_MODEL_TYPE = "FSUPIR_MODEL"
+SUPIR_FOLDER = "SUPIR"
+
+
+def register_model_folder() -> None:
+    """Make models/SUPIR a ComfyUI model folder (extra_model_paths.yaml may add more paths to it)."""
+    default = os.path.join(folder_paths.models_dir, SUPIR_FOLDER)
+    entry = folder_paths.folder_names_and_paths.get(SUPIR_FOLDER)
+    if entry is None:
+        folder_paths.folder_names_and_paths[SUPIR_FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
+    elif default not in entry[0]:
+        entry[0].append(default)
+
+
+def supir_file_list() -> list[str]:
+    """SUPIR files: everything in models/SUPIR, then models/checkpoints (where many users keep them)."""
+    names = list(folder_paths.get_filename_list(SUPIR_FOLDER))
+    names += [n for n in folder_paths.get_filename_list("checkpoints") if n not in names]
+    return names
+
+
+def resolve_supir_file(name: str) -> str:
+    for folder in (SUPIR_FOLDER, "checkpoints"):
+        path = folder_paths.get_full_path(folder, name)
+        if path is not None and os.path.isfile(path):
+            return path
+    raise ValueError(f"SUPIR model {name!r} not found; put SUPIR-v0Q/v0F (.ckpt or .safetensors) into "
+                     f"models/{SUPIR_FOLDER} (or models/checkpoints) and refresh the page")
+
+
+register_model_folder()

@@ -3,7 +3,10 @@
 Node IDs and custom types carry the prefix ``FSUPIR`` (kijai's pack uses ``SUPIR_``, ComfyUI's own node is
 ``SUPIRApply``). IDs and input names are permanent: saved workflows depend on them.
 """
-from .loader import NODE_CLASS_MAPPINGS as _loader, NODE_DISPLAY_NAME_MAPPINGS as _loader_names
+from . import conditioner, decode, encode, loader, sampler
 
-NODE_CLASS_MAPPINGS = {**_loader}
-NODE_DISPLAY_NAME_MAPPINGS = {**_loader_names}
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in (loader, encode, conditioner, sampler, decode):
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

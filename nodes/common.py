@@ -7,6 +7,7 @@ import folder_paths
 
 CATEGORY = "image/restoration/FSUPIR"
 SUPIR_MODEL_TYPE = "FSUPIR_MODEL"
+SUPIR_LATENTS_TYPE = "FSUPIR_LATENTS"
 SUPIR_FOLDER = "SUPIR"
 
 
@@ -34,6 +35,20 @@ def resolve_supir_file(name: str) -> str:
             return path
     raise ValueError(f"SUPIR model {name!r} not found; put SUPIR-v0Q/v0F (.ckpt or .safetensors) into "
                      f"models/{SUPIR_FOLDER} (or models/checkpoints) and refresh the page")
+
+
+def check_supir_model(value) -> None:
+    from ..supir_modules.model import SupirModel
+
+    if not isinstance(value, SupirModel):
+        raise TypeError(f"expected a SUPIR model (from a SUPIR Loader), got {type(value).__name__}")
+
+
+def check_supir_latents(value) -> None:
+    from ..supir_modules.pipeline import SupirLatents
+
+    if not isinstance(value, SupirLatents):
+        raise TypeError(f"expected SUPIR latents (from SUPIR Degradation-Robust Encode), got {type(value).__name__}")
 
 
 register_model_folder()

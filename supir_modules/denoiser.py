@@ -77,3 +77,14 @@ class DiscreteEpsDenoiser:
         sigma_q, c_in = sigma_q.to(x.device).view(shape), c_in.to(x.device).view(shape)
         eps = eps_fn(x * c_in, t.to(x.device), **kwargs)
         return x - sigma_q * eps.to(x.dtype)
+
+
+def make_denoise(eps_network, denoiser: DiscreteEpsDenoiser | None = None):
+    """D(x, sigma, context, y, hint, control_scale) around `eps_network(x_in, t, context, y, hint, scale)`."""
+    den = denoiser if denoiser is not None else DiscreteEpsDenoiser()
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, y: torch.Tensor, hint: torch.Tensor,
+                control_scale: float) -> torch.Tensor:
+        return den(lambda x_in, t: eps_network(x_in, t, context, y, hint, control_scale), x, sigma)
+
+    return denoise

@@ -95,27 +95,41 @@ def comfy_root() -> Path:
     return COMFY_ROOT
 
 
-@pytest.fixture(scope="session")
-def pack():
-    """The pack's root package, imported under ``fsupir_under_test``; submodules follow as
-    ``importlib.import_module("fsupir_under_test.supir_modules.x")`` once this fixture ran.
+def _register_pack_package():
+    """Registers the repository as the package ``fsupir_under_test`` without running its ``__init__.py``.
 
-    With ComfyUI on sys.path the root ``__init__`` also imports ``nodes/``. In the comfy tier ``comfy_pack`` is the
-    copy ComfyUI itself loaded: a distinct module object with distinct classes.
+    Submodules then import normally (``from fsupir_under_test.supir_modules import checkpoint`` at the top of a
+    test file), without the node layer; the ``pack`` fixture runs ``__init__.py`` on this same module object.
     """
-    if PACK_MODULE_NAME in sys.modules:
-        return sys.modules[PACK_MODULE_NAME]
     spec = importlib.util.spec_from_file_location(
         PACK_MODULE_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
     )
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(PACK_MODULE_NAME, None)
-        raise
     return module
+
+
+_PACK = _register_pack_package()
+_pack_state: dict = {"ran": False, "error": None}
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack's root package ``fsupir_under_test`` with its ``__init__.py`` run (with ComfyUI on sys.path
+    that imports ``nodes/`` too, so a broken node file fails the tests that use this fixture).
+
+    In the comfy tier ``comfy_pack`` is the copy ComfyUI itself loaded: a distinct module object, distinct classes.
+    """
+    if _pack_state["error"] is not None:
+        raise _pack_state["error"]
+    if not _pack_state["ran"]:
+        try:
+            _PACK.__spec__.loader.exec_module(_PACK)
+        except BaseException as error:
+            _pack_state["error"] = error
+            raise
+        _pack_state["ran"] = True
+    return _PACK
 
 
 @pytest.fixture(scope="session")
@@ -128,5 +142,7 @@ def parity_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def layout_json() -> Path:
-    """Names and shapes of the full-size official SUPIR-v0 checkpoint."""
-    return _existing(SHARED / "fixtures" / "supir_v0_layout.json", "SUPIR-v0 layout fixture")
+    """Names and shapes of the full-size official SUPIR-v0 checkpoint (``SUPIR_LAYOUT_JSON`` overrides)."""
+    env = os.environ.get("SUPIR_LAYOUT_JSON")
+    path = Path(env).expanduser().resolve() if env else SHARED / "fixtures" / "supir_v0_layout.json"
+    return _existing(path, "SUPIR-v0 layout fixture (SUPIR_LAYOUT_JSON)")

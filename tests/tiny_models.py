@@ -9,7 +9,7 @@
   docs/supir-reference.md sections 1-2.
 - `write_*`: files as users have them (official .ckpt wraps a `state_dict`; pruned SUPIR is fp16 safetensors).
 
-Every tensor comes from a real module's state dict (ComfyUI's UNetModel and VAE, transformers' CLIPTextModel, an
+Every tensor comes from a real module's state dict (ComfyUI's UNetModel and VAE, an HF-CLIP-shaped and an
 open_clip-shaped text tower, the pack's GLVControl / connectors / degradation-robust encoder), so shapes agree
 with what loaders build; values are then replaced deterministically per (seed, key): N(0, 0.02) everywhere,
 norms weight 1 / bias 0. Layers the official code zero-initialises are random here, so tests see their effect.
@@ -17,6 +17,7 @@ Needs ComfyUI on sys.path (tests/conftest.py puts it there).
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import re
@@ -92,7 +93,7 @@ def _randomized(module: nn.Module, prefix: str, seed: int) -> dict[str, torch.Te
         elif owner in norms:
             out[full] = torch.ones(t.shape) if leaf == "weight" else torch.zeros(t.shape)
         else:
-            out[full] = torch.randn(t.shape, generator=_generator(seed, full)) * INIT_STD
+            out[full] = torch.randn(t.shape, generator=_generator(seed, full)).mul_(INIT_STD)
     return out
 
 
@@ -120,16 +121,32 @@ def _unet(config: dict, seed: int) -> dict[str, torch.Tensor]:
     return _randomized(unet, UNET_PREFIX, seed)
 
 
-def _hf_clip_text(width: int, prefix: str, seed: int) -> dict[str, torch.Tensor]:
-    """transformers' CLIPTextModel (CLIP-L's layout) at `width`, with `position_ids` as SDXL files carry it."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+class _HFCLIPLayer(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(self.self_attn, name, nn.Linear(width, width))
+        self.layer_norm1 = nn.LayerNorm(width)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+        self.layer_norm2 = nn.LayerNorm(width)
 
-    cfg = CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=width, intermediate_size=4 * width,
-                         num_hidden_layers=CLIP_LAYERS, num_attention_heads=max(1, width // 64),
-                         max_position_embeddings=MAX_POSITIONS, hidden_act="quick_gelu")
-    sd = _randomized(CLIPTextModel(cfg), prefix, seed)
-    sd[f"{prefix}text_model.embeddings.position_ids"] = torch.arange(MAX_POSITIONS).unsqueeze(0)
-    return sd
+
+class _HFCLIPText(nn.Module):
+    """HF transformers' CLIPTextModel names as SDXL files store them (`text_model.*`, `position_ids`, no
+    projection). Written out here because transformers 5 no longer puts `text_model.` in its state dict keys."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.text_model = nn.Module()
+        self.text_model.embeddings = nn.Module()
+        self.text_model.embeddings.token_embedding = nn.Embedding(VOCAB_SIZE, width)
+        self.text_model.embeddings.position_embedding = nn.Embedding(MAX_POSITIONS, width)
+        self.text_model.embeddings.register_buffer("position_ids", torch.arange(MAX_POSITIONS).unsqueeze(0))
+        self.text_model.encoder = nn.Module()
+        self.text_model.encoder.layers = nn.ModuleList(_HFCLIPLayer(width) for _ in range(CLIP_LAYERS))
+        self.text_model.final_layer_norm = nn.LayerNorm(width)
 
 
 class _OpenCLIPBlock(nn.Module):
@@ -164,19 +181,25 @@ def _vae(seed: int) -> dict[str, torch.Tensor]:
 
 
 # --- state dicts -----------------------------------------------------------------------------------------
-def tiny_sdxl_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """A tiny SDXL base checkpoint in the sgm layout, fp32."""
+@functools.lru_cache(maxsize=2)
+def _cached_sdxl(seed: int) -> dict[str, torch.Tensor]:
     sd = _unet(TINY_UNET_CONFIG, seed)
-    sd.update(_hf_clip_text(CLIP_L_WIDTH, CLIP_L_PREFIX, seed))
+    sd.update(_randomized(_HFCLIPText(CLIP_L_WIDTH), CLIP_L_PREFIX, seed))
     sd.update(_randomized(_OpenCLIPText(BIGG_WIDTH), BIGG_PREFIX, seed))
     sd.update(_vae(seed))
     return sd
 
 
+def tiny_sdxl_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny SDXL base checkpoint in the sgm layout, fp32. A new dict, but the tensors are shared with a
+    per-process cache (copying them costs more than loading): never modify them in place."""
+    return dict(_cached_sdxl(seed))
+
+
 def tiny_sd15_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """A tiny SD1.5-layout checkpoint (ldm keys: cond_stage_model.transformer.*, input blocks 0..11)."""
     sd = _unet(TINY_SD15_UNET_CONFIG, seed)
-    sd.update(_hf_clip_text(CLIP_L_WIDTH, SD1_TE_PREFIX, seed))
+    sd.update(_randomized(_HFCLIPText(CLIP_L_WIDTH), SD1_TE_PREFIX, seed))
     sd.update(_vae(seed))
     return sd
 
@@ -212,7 +235,18 @@ def connector_configs_for(sdxl_sd: dict[str, torch.Tensor]) -> list:
 
 
 def tiny_supir_state_dict(sdxl_sd: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
-    """SUPIR-v0 keys (adaptor, connectors, mask_LQ, degradation-robust encoder) that fit `sdxl_sd`, fp32."""
+    """SUPIR-v0 keys (adaptor, connectors, mask_LQ, degradation-robust encoder) that fit `sdxl_sd`, fp32.
+
+    Depends only on `sdxl_sd`'s shapes and `seed`; cached on those like `tiny_sdxl_state_dict` (a new dict whose
+    tensors are shared: never modify them in place)."""
+    shapes = tuple(sorted((k, tuple(v.shape)) for k, v in sdxl_sd.items()
+                          if k.startswith((UNET_PREFIX, f"{VAE_PREFIX}encoder."))))
+    return dict(_cached_supir(shapes, seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_supir(shapes: tuple, seed: int) -> dict[str, torch.Tensor]:
+    sdxl_sd = {k: torch.empty(shape, device="meta") for k, shape in shapes}  # only shapes are read
     config, adaptor, vae = _pack_module("config"), _pack_module("adaptor"), _pack_module("vae")
     control_cfg = config.ControlConfig.from_state_dict(sdxl_sd, prefix=UNET_PREFIX)
     sd = _randomized(adaptor.GLVControl(control_cfg), "model.control_model.", seed)

@@ -77,6 +77,14 @@ def _models_yaml(path: Path, models_root: Path) -> Path:
     return path
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when pytest dies, so a killed test run leaves no server."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
@@ -102,55 +110,69 @@ def _wait_until_up(server: ComfyServer) -> None:
     pytest.fail(f"{server.runtime} did not answer /object_info within {START_TIMEOUT_S:.0f} s:\n{server.log_tail()}")
 
 
-@pytest.fixture(scope="session")
+def _launch(runtime: str, work: Path, started: list, models_root: Path | None = None, extra_args=()) -> ComfyServer:
+    """Starts ``runtime``'s main.py with its folders in ``work``; the process is added to ``started`` at once, so
+    the caller stops it even when it never comes up."""
+    root = _runtimes_dir() / runtime
+    if not (root / "main.py").is_file():
+        pytest.fail(f"no ComfyUI at {root}: run scripts/setup_env.sh all")
+    flags = _flags(root)
+    port = _free_port()
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--output-directory", str(work / "output"), "--input-directory", str(work / "input"),
+           "--temp-directory", str(work / "temp"), "--dont-print-server"]
+    for name in ("output", "input", "temp", "user"):
+        (work / name).mkdir()
+    if '"--user-directory"' in flags:
+        cmd += ["--user-directory", str(work / "user")]
+    if '"--database-url"' in flags:
+        cmd += ["--database-url", "sqlite:///:memory:"]
+    if '"--disable-api-nodes"' in flags:
+        cmd += ["--disable-api-nodes"]  # no partner API nodes: faster start, nothing tries the network
+    if models_root is not None:
+        cmd += ["--extra-model-paths-config", str(_models_yaml(work / "extra_model_paths.yaml", models_root))]
+    cmd += list(extra_args)
+    log_path = work / "server.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("SUPIR_COMFY_ROOT", None)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    started.append(process)
+    server = ComfyServer(runtime, root, f"http://127.0.0.1:{port}", log_path, process)
+    _wait_until_up(server)
+    return server
+
+
+@pytest.fixture
 def start_comfy_server(tmp_path_factory):
     """Factory: ``start_comfy_server(runtime, models_root=None, extra_args=())`` -> a started ComfyServer.
 
     ``models_root`` is a folder whose subfolders (``SUPIR/``, ``checkpoints/``...) are added through
-    ``--extra-model-paths-config``. Every server started is stopped at the end of the session.
+    ``--extra-model-paths-config``. The servers a test starts are stopped when it ends.
     """
     started: list[subprocess.Popen] = []
 
     def start(runtime: str, models_root: Path | None = None, extra_args=()) -> ComfyServer:
-        root = _runtimes_dir() / runtime
-        if not (root / "main.py").is_file():
-            pytest.fail(f"no ComfyUI at {root}: run scripts/setup_env.sh all")
-        work = tmp_path_factory.mktemp(f"server-{runtime}")
-        flags = _flags(root)
-        port = _free_port()
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-               "--output-directory", str(work / "output"), "--input-directory", str(work / "input"),
-               "--temp-directory", str(work / "temp"), "--dont-print-server"]
-        for name in ("output", "input", "temp", "user"):
-            (work / name).mkdir()
-        if '"--user-directory"' in flags:
-            cmd += ["--user-directory", str(work / "user")]
-        if '"--database-url"' in flags:
-            cmd += ["--database-url", "sqlite:///:memory:"]
-        if '"--disable-api-nodes"' in flags:
-            cmd += ["--disable-api-nodes"]  # no partner API nodes: faster start, nothing tries the network
-        if models_root is not None:
-            cmd += ["--extra-model-paths-config", str(_models_yaml(work / "extra_model_paths.yaml", models_root))]
-        cmd += list(extra_args)
-        log_path = work / "server.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("SUPIR_COMFY_ROOT", None)
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        started.append(process)
-        server = ComfyServer(runtime, root, f"http://127.0.0.1:{port}", log_path, process)
-        _wait_until_up(server)
-        return server
+        return _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root, extra_args)
 
     yield start
     for process in started:
         _stop(process)
 
 
+@pytest.fixture(params=[pytest.param(r, id=r) for r in _selected_runtimes()])
+def runtime(request) -> str:
+    """Name of each selected runtime in turn, for tests that start their own server with start_comfy_server."""
+    return request.param
+
+
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])
-def comfy_server(request, start_comfy_server) -> ComfyServer:
+def comfy_server(request, tmp_path_factory) -> ComfyServer:
     """A server per runtime without test models, shared by the tests of one module and stopped after it."""
-    server = start_comfy_server(request.param)
-    yield server
-    _stop(server.process)
+    started: list[subprocess.Popen] = []
+    try:
+        yield _launch(request.param, tmp_path_factory.mktemp(f"server-{request.param}"), started)
+    finally:
+        for process in started:
+            _stop(process)

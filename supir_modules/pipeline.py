@@ -1,0 +1,277 @@
+"""The restoration stages on ComfyUI's model management: stage-1 encode, sampling, decode.
+
+Models are brought to the GPU with `comfy.model_management.load_models_gpu` for their stage only, so ComfyUI may
+offload the rest; interrupts are honoured between steps and tiles. The official order of operations is
+SUPIR/models/SUPIR_model.py `batchify_sample`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management as mm
+
+from . import colorfix, images, tiled_sampling, tiled_vae
+from .denoiser import legacy_ddpm_sigmas, make_denoise
+from .guidance import CFGSchedule, Conditioning, ControlSchedule, cfg_denoise
+from .model import SupirModel
+from .presets import SamplerSettings
+from .prompts import SIZE_CONDITIONING
+from .sampling import (
+    Churn,
+    RestorationGuidance,
+    brownian_noise_sampler,
+    generator_noise_sampler,
+    initial_latent,
+    karras_sigmas_for,
+    sample_restore_dpmpp_2m,
+    sample_restore_edm,
+)
+from .vae import SCALE_FACTOR, Stage1Result
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Optional[Callable[[int, int, torch.Tensor, torch.Tensor], None]]  # (step, steps, x, denoised)
+
+
+@dataclass
+class SupirLatents:
+    """What the Encode node hands to the Sampler: both latents, sizes and where they came from."""
+
+    control: torch.Tensor  # [B, 4, h, w], scaled: GLVControl's hint
+    center: torch.Tensor  # [B, 4, h, w], scaled: restoration-guidance target
+    out_size: tuple[int, int]  # (H, W) the restored image is returned at
+    source: str  # the SUPIR file that encoded them
+    alpha: torch.Tensor | None = None  # [B, H, W] alpha of an RGBA/LA input, at the input's size
+    info: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.control.shape[0]
+
+
+# --- stage 1 -----------------------------------------------------------------------------------------------
+def _interrupt() -> None:
+    mm.throw_exception_if_processing_interrupted()
+
+
+def _vae_parts(vae):
+    """ComfyUI's VAE object -> (patcher, AutoencoderKL, device, dtype)."""
+    return vae.patcher, vae.first_stage_model, vae.device, vae.vae_dtype
+
+
+@torch.no_grad()
+def run_stage1(supir: SupirModel, vae, x: torch.Tensor, seed: int, tiled: bool, encoder_tile: int,
+               decoder_tile: int) -> Stage1Result:
+    """Official steps 2-4 for x in [-1, 1] NCHW, one image at a time (memory), on the VAE's device/dtype."""
+    patcher, ae, device, dtype = _vae_parts(vae)
+    mm.load_models_gpu([patcher, supir.denoise_encoder])
+    enc = supir.denoise_encoder.model.denoise_encoder
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    outs: list[Stage1Result] = []
+    for i in range(x.shape[0]):
+        _interrupt()
+        xi = x[i:i + 1].to(device, dtype)
+        if tiled:
+            h_ctrl = tiled_vae.tiled_encode(enc, xi, tile_size=encoder_tile)
+        else:
+            h_ctrl = enc(xi)
+        control = SCALE_FACTOR * torch.chunk(ae.quant_conv(h_ctrl), 2, dim=1)[0]
+        z = ae.post_quant_conv(control / SCALE_FACTOR)
+        stage1 = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile) if tiled else ae.decoder(z)
+        h_c = tiled_vae.tiled_encode(ae.encoder, stage1, tile_size=encoder_tile) if tiled else ae.encoder(stage1)
+        mean, logvar = torch.chunk(ae.quant_conv(h_c), 2, dim=1)
+        # The official sample draws CPU randn (DiagonalGaussianDistribution.sample).
+        eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(device, mean.dtype)
+        center = SCALE_FACTOR * (mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * eps)
+        outs.append(Stage1Result(control.float().cpu(), stage1.float().cpu(), center.float().cpu()))
+    return Stage1Result(torch.cat([o.control_latent for o in outs]), torch.cat([o.stage1 for o in outs]),
+                        torch.cat([o.center_latent for o in outs]))
+
+
+# --- conditioning ------------------------------------------------------------------------------------------
+def conditioning_tensors(conditioning: list, model_base, what: str) -> list[Conditioning]:
+    """ComfyUI CONDITIONING -> one (crossattn, vector) per entry, the vector built by ComfyUI's SDXL
+    `encode_adm` with the official size conditioning where the entry gives none."""
+    if not isinstance(conditioning, list) or not conditioning:
+        raise ValueError(f"{what} conditioning is empty; connect the SUPIR Conditioner (or a CLIP Text Encode) here")
+    out = []
+    for entry in conditioning:
+        cross, extra = entry[0], dict(entry[1])
+        if extra.get("pooled_output") is None:
+            raise ValueError(f"{what} conditioning has no pooled output: it was not made by an SDXL CLIP; "
+                             "use the CLIP that comes with the SDXL model")
+        for k, v in SIZE_CONDITIONING.items():
+            extra.setdefault(k, v)
+        vector = model_base.encode_adm(**extra)
+        out.append(Conditioning(cross.float(), vector.float()))
+    return out
+
+
+def _check_context(conds: list[Conditioning], unet, what: str) -> None:
+    want = getattr(unet, "context_dim", None)
+    # UNetModel keeps context_dim only inside its transformers: read it from the first cross-attention.
+    for m in unet.modules():
+        if hasattr(m, "attn2") and hasattr(m.attn2, "to_k"):
+            want = m.attn2.to_k.in_features
+            break
+    for c in conds:
+        if want is not None and c.crossattn.shape[-1] != want:
+            raise ValueError(f"{what} conditioning has width {c.crossattn.shape[-1]} but this SDXL model expects "
+                             f"{want}: it was encoded with another model's CLIP; use the CLIP from the same loader")
+
+
+def _per(conds: list[Conditioning], index: int) -> Conditioning:
+    return conds[index] if len(conds) > 1 else conds[0]
+
+
+# --- sampling ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileOptions:
+    enabled: bool = False
+    size: int = 128  # latent pixels (official default: 1024 px)
+    stride: int = 64
+
+
+def _prompt_layout(n_pos: int, batch: int, n_windows: int, kind: str) -> str:
+    if n_pos == 1:
+        return "shared"
+    if kind == "tile":
+        if n_pos != n_windows:
+            raise ValueError(f"{n_pos} tile captions for {n_windows} tiles: caption with the sampler's tile size "
+                             "and stride, or use one caption")
+        return "tile"
+    if n_pos != batch:
+        raise ValueError(f"{n_pos} captions for a batch of {batch} images: give one caption per image, or one")
+    return "batch"
+
+
+@torch.no_grad()
+def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: list, settings: SamplerSettings,
+           seed: int, tiles: TileOptions = TileOptions(), callback: StepCallback = None,
+           initial_noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The restoration sampler on a batch; returns the final latent (scaled, as ComfyUI's LATENT) on the CPU."""
+    settings.validate()
+    if latents.source != supir.source:
+        raise ValueError(f"these SUPIR latents were encoded with {latents.source!r} but the sampler was given "
+                         f"{supir.source!r}: connect the same SUPIR model to Encode and Sampler")
+    model_base = supir.sdxl.model
+    unet = model_base.diffusion_model
+    if latents.control.shape[1] != unet.in_channels:
+        raise ValueError(f"latents have {latents.control.shape[1]} channels, the model takes {unet.in_channels}")
+    pos = conditioning_tensors(positive, model_base, "positive")
+    neg = conditioning_tensors(negative, model_base, "negative")
+    _check_context(pos + neg, unet, "the")
+    b, _, h, w = latents.control.shape
+    windows = (tiled_sampling.sliding_windows(h, w, tiles.size, tiles.stride) if tiles.enabled
+               else [(0, h, 0, w)])
+    layout = _prompt_layout(len(pos), b, len(windows), positive[0][1].get("fsupir_caption_kind", "batch"))
+    if len(neg) not in (1, len(pos)):
+        raise ValueError(f"{len(neg)} negative prompts for {len(pos)} positive ones: give one negative prompt")
+
+    tile_h, tile_w = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
+    mm.load_models_gpu(supir.patchers_for_sampling(),
+                       memory_required=model_base.memory_required([2 * b, 4, tile_h, tile_w]) * 1.5)
+    device = mm.get_torch_device()
+    control_latent = latents.control.to(device)
+    center = latents.center.to(device)
+    denoise = make_denoise(supir.eps)
+    cfg = CFGSchedule(settings.cfg_scale, settings.cfg_scale_start, settings.linear_cfg)
+    control = ControlSchedule(settings.control_scale, settings.control_scale_start, settings.linear_control_scale)
+    guidance = RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin)
+
+    def stacked(conds: list[Conditioning]) -> Conditioning:
+        if layout == "batch":
+            return Conditioning(torch.cat([c.crossattn for c in conds]).to(device),
+                                torch.cat([c.vector for c in conds]).to(device))
+        c = conds[0]
+        return Conditioning(c.crossattn.expand(b, -1, -1).to(device), c.vector.expand(b, -1).to(device))
+
+    def model_for(cond: Conditioning, uncond: Conditioning, hint: torch.Tensor):
+        def model(x: torch.Tensor, sigma_hat: float, control_scale: float) -> torch.Tensor:
+            return cfg_denoise(denoise, x, sigma_hat, cond, uncond, hint, control_scale, cfg)
+        return model
+
+    if settings.sampler == "restore_edm":
+        sigmas = legacy_ddpm_sigmas(settings.steps)
+    else:
+        sigmas = karras_sigmas_for(settings.steps)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = initial_noise if initial_noise is not None else torch.randn(latents.control.shape, generator=gen)
+    x = initial_latent(noise.float(), sigmas).to(device)
+    if settings.sampler == "restore_edm":
+        noise_sampler = generator_noise_sampler(seed + 1)
+    else:
+        noise_sampler = brownian_noise_sampler(x, sigmas, seed)
+    steps = len(sigmas) - 1
+
+    def on_step(d: dict) -> None:
+        _interrupt()
+        if callback is not None:
+            callback(d["i"], steps, d["x"], d["denoised"])
+
+    common = dict(noise_sampler=noise_sampler, guidance=guidance, control=control, x_center=center, callback=on_step)
+    if not tiles.enabled:
+        model = model_for(stacked(pos), stacked(neg), control_latent)
+        if settings.sampler == "restore_edm":
+            churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
+            out = sample_restore_edm(model, x, sigmas, churn=churn, **common)
+        else:
+            out = sample_restore_dpmpp_2m(model, x, sigmas, eta=settings.eta, s_noise=settings.s_noise, **common)
+    else:
+        shared_pos, shared_neg = stacked(pos), stacked(neg)
+
+        def tile_model(j: int, win):
+            a, bb, c, d = win
+            cond = stacked([_per(pos, j)]) if layout == "tile" else shared_pos
+            uncond = stacked([_per(neg, j)]) if layout == "tile" and len(neg) > 1 else shared_neg
+            return model_for(cond, uncond, control_latent[:, :, a:bb, c:d])
+
+        if settings.sampler == "restore_edm":
+            churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
+            out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn, **common)
+        else:
+            out = tiled_sampling.sample_tiled_restore_dpmpp_2m(tile_model, x, sigmas, windows=windows, eta=settings.eta,
+                                                               s_noise=settings.s_noise, **common)
+    return out.float().cpu()
+
+
+# --- decode ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def decode(vae, samples: torch.Tensor, tiled: bool, decoder_tile: int) -> torch.Tensor:
+    """Scaled latent -> [-1, 1] NCHW image, unclamped (official decode_first_stage), one image at a time."""
+    patcher, ae, device, dtype = _vae_parts(vae)
+    mm.load_models_gpu([patcher])
+    outs = []
+    for i in range(samples.shape[0]):
+        _interrupt()
+        z = ae.post_quant_conv(samples[i:i + 1].to(device, dtype) / SCALE_FACTOR)
+        img = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile) if tiled else ae.decoder(z)
+        outs.append(img.float().cpu())
+    return torch.cat(outs)
+
+
+def finish(decoded: torch.Tensor, reference: torch.Tensor | None, color_fix: str, out_size: tuple[int, int] | None,
+           alpha: torch.Tensor | None) -> torch.Tensor:
+    """Colour fix against the stage-1 image (at the work size), resize back, attach alpha -> ComfyUI IMAGE."""
+    x = decoded
+    if reference is not None and colorfix.normalize_mode(color_fix) != "None":
+        ref = reference
+        if ref.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"the colour reference has {ref.shape[0]} images for {x.shape[0]} samples: connect the "
+                             "stage-1 image of the same Encode node")
+        if ref.shape[-2:] != x.shape[-2:]:
+            ref = images.restore_size(ref, *x.shape[-2:])
+        x = colorfix.apply_color_fix(x, ref.expand(x.shape[0], -1, -1, -1), color_fix)
+    if out_size is not None:
+        x = images.restore_size(x, *out_size)
+    image = images.to_comfy_image(x)
+    if alpha is not None:
+        a = images.resize_alpha(alpha, image.shape[1], image.shape[2])
+        if a.shape[0] != image.shape[0]:
+            a = a[:1].expand(image.shape[0], -1, -1)
+        image = torch.cat([image, a.unsqueeze(-1)], dim=-1)
+    return image

@@ -184,11 +184,12 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
     guidance = RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin)
 
     def stacked(conds: list[Conditioning]) -> Conditioning:
-        if layout == "batch":
-            return Conditioning(torch.cat([c.crossattn for c in conds]).to(device),
-                                torch.cat([c.vector for c in conds]).to(device))
-        c = conds[0]
-        return Conditioning(c.crossattn.expand(b, -1, -1).to(device), c.vector.expand(b, -1).to(device))
+        """One prompt for every image, or (batch layout) one per image, as a batch on the device."""
+        if len(conds) == 1:
+            c = conds[0]
+            return Conditioning(c.crossattn.expand(b, -1, -1).to(device), c.vector.expand(b, -1).to(device))
+        return Conditioning(torch.cat([c.crossattn for c in conds]).to(device),
+                            torch.cat([c.vector for c in conds]).to(device))
 
     def model_for(cond: Conditioning, uncond: Conditioning, hint: torch.Tensor):
         def model(x: torch.Tensor, sigma_hat: float, control_scale: float) -> torch.Tensor:

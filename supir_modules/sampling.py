@@ -145,12 +145,15 @@ def brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int) -> 
     """The official Brownian-tree noise (via ComfyUI's k-diffusion copy), seeded for replay."""
     from comfy.k_diffusion.sampling import BrownianTreeNoiseSampler
 
-    sig = float_schedule(sigmas)
-    positive = [s for s in sig if s > 0]
-    tree = BrownianTreeNoiseSampler(x, min(positive), max(positive), seed=int(seed), cpu=True)
+    sig = sigmas.detach().to("cpu", torch.float32)
+    positive = sig[sig > 0]
+    # The interval is widened by a hair: torchsde compares in float64 and would warn that the smallest sigma, a
+    # float32, lies just outside it.
+    tree = BrownianTreeNoiseSampler(x, positive.min() * (1 - 1e-5), positive.max() * (1 + 1e-5), seed=int(seed),
+                                    cpu=True)
 
     def sample(i: int, like: torch.Tensor) -> torch.Tensor:
-        return tree(torch.tensor(sig[i]), torch.tensor(sig[i + 1])).to(like.device, like.dtype)
+        return tree(sig[i], sig[i + 1]).to(like.device, like.dtype)
 
     return sample
 

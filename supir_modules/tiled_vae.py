@@ -130,24 +130,36 @@ def _group_stats(h: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _combine(stats: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-count-weighted average of the tiles' variances and means (official GroupNormParam.summary)."""
+    """Official GroupNormParam.summary: pixel-count-weighted average of the padded tiles' variances and means
+    (the spread between tile means is not counted, and overlapping margins count twice)."""
     total = sum(p for _, _, p in stats)
     var = sum(v * (p / total) for v, _, p in stats)
     mean = sum(m * (p / total) for _, m, p in stats)
     return var, mean
 
 
+def _pool(stats: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Law of total variance over disjoint parts: the statistics of their union."""
+    total = sum(p for _, _, p in stats)
+    mean = sum(m * (p / total) for _, m, p in stats)
+    var = sum((v + (m - mean) ** 2) * (p / total) for v, m, p in stats)
+    return var, mean
+
+
 def _apply_group_norm(norm: nn.GroupNorm, h: torch.Tensor, var: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """GroupNorm of `h` with the given statistics and the module's affine weights (computed in float32)."""
+    """GroupNorm of `h` with the given statistics and the module's affine weights (in float32 for half inputs)."""
     b, c = h.shape[:2]
-    x = h.float().reshape(b, norm.num_groups, -1)
-    var, mean = var.to(x.device), mean.to(x.device)
-    x = ((x - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(h.shape)
+    rstd = torch.rsqrt(var.to(h.device) + norm.eps)  # [B, groups], float32
+    scale = rstd.repeat_interleave(c // norm.num_groups, dim=1)  # per channel
+    shift = -mean.to(h.device).repeat_interleave(c // norm.num_groups, dim=1) * scale
     if norm.weight is not None:
-        x = x * norm.weight.to(x.device, torch.float32).view(1, c, 1, 1)
+        weight = norm.weight.to(h.device, torch.float32)
+        scale, shift = scale * weight, shift * weight
     if norm.bias is not None:
-        x = x + norm.bias.to(x.device, torch.float32).view(1, c, 1, 1)
-    return x.to(h.dtype)
+        shift = shift + norm.bias.to(h.device, torch.float32)
+    x = h if h.dtype in (torch.float32, torch.float64) else h.float()
+    out = torch.addcmul(shift.to(x.dtype)[..., None, None], x, scale.to(x.dtype)[..., None, None])
+    return out.to(h.dtype)
 
 
 # --- tiles --------------------------------------------------------------------------------------------------
@@ -224,9 +236,17 @@ def _run_step(step: _Step, state: _TileState) -> None:
         raise AssertionError(f"unexpected step {step.kind!r}")
 
 
+def _valid(h: torch.Tensor, st: _TileState) -> torch.Tensor:
+    """The part of a tile's activation `h` (at any layer) that lies in the tile's own output region."""
+    def cut(n: int, span: _Span) -> slice:
+        size = span.hi - span.lo  # h spans the padded input span at n / size of the input's resolution
+        return slice(n * (span.out_lo - span.lo) // size, n * (span.out_hi - span.lo) // size)
+    return h[:, :, cut(h.shape[2], st.rows), cut(h.shape[3], st.cols)]
+
+
 @torch.no_grad()
 def _run_tiled(program: list[_Step], x: torch.Tensor, rows: list[_Span], cols: list[_Span],
-               scale: Callable[[int], int], device: torch.device, park: torch.device,
+               scale: Callable[[int], int], device: torch.device, park: torch.device, valid_region_stats: bool,
                callback: Callback | None) -> torch.Tensor:
     """Runs every tile through `program`, pausing all of them at each GroupNorm; returns the stitched output."""
     states = [_TileState(r, c, x[:, :, r.lo:r.hi, c.lo:c.hi]) for r in rows for c in cols]
@@ -246,28 +266,28 @@ def _run_tiled(program: list[_Step], x: torch.Tensor, rows: list[_Span], cols: l
                 _run_step(program[st.pc], st)
                 st.pc += 1
             if st.pc < len(program):
-                var, mean = _group_stats(st.h, program[st.pc].module.num_groups)
-                collected.append((var, mean, st.h.shape[2] * st.h.shape[3]))
+                part = _valid(st.h, st) if valid_region_stats else st.h
+                var, mean = _group_stats(part, program[st.pc].module.num_groups)
+                collected.append((var, mean, part.shape[2] * part.shape[3]))
                 _move(st, park)
             else:
                 result = _place(result, st, scale, x)
             done += 1
             if callback is not None:
                 callback(done, total)
-        shared = _combine(collected) if collected else None
+        if collected:
+            shared = _pool(collected) if valid_region_stats else _combine(collected)
     return result
 
 
 def _place(result: torch.Tensor | None, st: _TileState, scale: Callable[[int], int],
            x: torch.Tensor) -> torch.Tensor:
-    """Crops the tile's valid region and writes it into the (lazily allocated) output on x's device."""
-    h = st.h
+    """Writes the tile's valid region into the (lazily allocated) output on x's device."""
     if result is None:
-        size = (x.shape[0], h.shape[1], scale(x.shape[2]), scale(x.shape[3]))
-        result = torch.zeros(size, dtype=h.dtype, device=x.device)
+        size = (x.shape[0], st.h.shape[1], scale(x.shape[2]), scale(x.shape[3]))
+        result = torch.zeros(size, dtype=st.h.dtype, device=x.device)
     r, c = st.rows, st.cols
-    valid = h[:, :, scale(r.out_lo - r.lo):scale(r.out_hi - r.lo), scale(c.out_lo - c.lo):scale(c.out_hi - c.lo)]
-    result[:, :, scale(r.out_lo):scale(r.out_hi), scale(c.out_lo):scale(c.out_hi)] = valid.to(x.device)
+    result[:, :, scale(r.out_lo):scale(r.out_hi), scale(c.out_lo):scale(c.out_hi)] = _valid(st.h, st).to(x.device)
     st.h = None
     return result
 
@@ -293,52 +313,57 @@ def _device_of(net: nn.Module, x: torch.Tensor) -> torch.device:
     return param.device if param is not None else x.device
 
 
+def _tiled(net: nn.Module, program: list[_Step], x: torch.Tensor, tile_size: int, pad: int, align: int,
+           scale: Callable[[int], int], park_device: torch.device | str | None, valid_region_stats: bool,
+           callback: Callback | None, what: str) -> torch.Tensor:
+    height, width = x.shape[2:]
+    device = _device_of(net, x)
+    if max(height, width) <= 2 * pad + tile_size:  # fits one padded tile (official VAEHook.__call__)
+        return net(x.to(device)).to(x.device)
+    rows, cols = _split_axis(height, tile_size, pad, align), _split_axis(width, tile_size, pad, align)
+    logger.info("tiled VAE %s: %dx%d input in %dx%d tiles (tile %d, pad %d)", what, height, width, len(rows),
+                len(cols), tile_size, pad)
+    park = torch.device(park_device) if park_device is not None else x.device
+    return _run_tiled(program, x, rows, cols, scale, device, park, valid_region_stats, callback)
+
+
 @torch.no_grad()
 def tiled_encode(encoder: nn.Module, x: torch.Tensor, tile_size: int = ENCODER_TILE_SIZE, pad: int = ENCODER_PAD,
-                 *, park_device: torch.device | str | None = None, callback: Callback | None = None) -> torch.Tensor:
+                 *, park_device: torch.device | str | None = None, valid_region_stats: bool = False,
+                 callback: Callback | None = None) -> torch.Tensor:
     """encoder(x) (the moments before quant_conv) computed in tiles of `tile_size` pixels padded by `pad`.
 
-    Runs on the encoder's device and returns on x's device; waiting tiles are kept on `park_device`
-    (default x's device). Inputs that fit one padded tile go through the encoder directly.
+    Runs on the encoder's device and returns on x's device; tiles waiting at a GroupNorm are kept on
+    `park_device` (default x's device). Inputs that fit one padded tile go through the encoder directly.
+    `valid_region_stats=False` combines GroupNorm statistics as the official code does (whole padded tiles,
+    averaged variances); True pools each tile's own region with the law of total variance, which gives the
+    untiled statistics up to the tiles' border error (not the official behaviour, but closer to untiled).
+    `callback(done, total)` reports progress.
     """
     program = _encoder_program(encoder)
     factor = 2 ** (encoder.num_resolutions - 1)
     _check_int("encoder tile_size", tile_size, max(MIN_ENCODER_TILE, factor), factor)
     _check_int("encoder pad", pad, 0, factor)
     _check_input(x, "tiled_encode input")
-    height, width = x.shape[2:]
-    if height % factor or width % factor:
-        raise ValueError(f"tiled_encode input is {height}x{width}: height and width must be multiples of {factor}; "
-                         "crop or resize the image first")
-    device = _device_of(encoder, x)
-    if max(height, width) <= 2 * pad + tile_size:
-        return encoder(x.to(device)).to(x.device)
-    rows, cols = _split_axis(height, tile_size, pad, factor), _split_axis(width, tile_size, pad, factor)
-    logger.info("tiled VAE encode: %dx%d px in %dx%d tiles (tile %d, pad %d)", height, width, len(rows), len(cols),
-                tile_size, pad)
-    park = torch.device(park_device) if park_device is not None else x.device
-    return _run_tiled(program, x, rows, cols, lambda v: v // factor, device, park, callback)
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise ValueError(f"tiled_encode input is {x.shape[2]}x{x.shape[3]} px: height and width must be multiples "
+                         f"of {factor}; crop or resize the image first")
+    return _tiled(encoder, program, x, tile_size, pad, factor, lambda v: v // factor, park_device,
+                  valid_region_stats, callback, "encode")
 
 
 @torch.no_grad()
 def tiled_decode(decoder: nn.Module, z: torch.Tensor, tile_size: int = DECODER_TILE_SIZE, pad: int = DECODER_PAD,
-                 *, park_device: torch.device | str | None = None, callback: Callback | None = None) -> torch.Tensor:
+                 *, park_device: torch.device | str | None = None, valid_region_stats: bool = False,
+                 callback: Callback | None = None) -> torch.Tensor:
     """decoder(z) (z already through post_quant_conv) computed in tiles of `tile_size` latent pixels padded by `pad`.
 
-    Runs on the decoder's device and returns on z's device; waiting tiles are kept on `park_device`
-    (default z's device). Latents that fit one padded tile go through the decoder directly.
+    Device handling, `valid_region_stats` and `callback` as in `tiled_encode`.
     """
     program = _decoder_program(decoder)
     factor = 2 ** (decoder.num_resolutions - 1)
     _check_int("decoder tile_size", tile_size, MIN_DECODER_TILE)
     _check_int("decoder pad", pad, 0)
     _check_input(z, "tiled_decode input")
-    height, width = z.shape[2:]
-    device = _device_of(decoder, z)
-    if max(height, width) <= 2 * pad + tile_size:
-        return decoder(z.to(device)).to(z.device)
-    rows, cols = _split_axis(height, tile_size, pad, 1), _split_axis(width, tile_size, pad, 1)
-    logger.info("tiled VAE decode: %dx%d latent in %dx%d tiles (tile %d, pad %d)", height, width, len(rows),
-                len(cols), tile_size, pad)
-    park = torch.device(park_device) if park_device is not None else z.device
-    return _run_tiled(program, z, rows, cols, lambda v: v * factor, device, park, callback)
+    return _tiled(decoder, program, z, tile_size, pad, 1, lambda v: v * factor, park_device, valid_region_stats,
+                  callback, "decode")

@@ -2,7 +2,7 @@
 
 Tiny models miss ComfyUI's table of model sizes, so they take the "assembled from shapes" path; the standard
 path (ComfyUI's own loader on 0.3.75, its steps by hand on 2024-03) is exercised by registering the tiny size in
-that table for one test.
+that table (monkeypatched, per test).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..tiny_models import (
     ADM_IN_CHANNELS,
     BIGG_WIDTH,
     CONTEXT_DIM,
+    PACK_MODULE_NAME,
     TINY_UNET_CONFIG,
     TINY_VAE_DDCONFIG,
     UNET_PREFIX,
@@ -33,15 +34,16 @@ SUPIR_MARKERS = ("project_modules", "control_model", "denoise_encoder", "mask_LQ
 
 
 @pytest.fixture(scope="module")
-def mods(pack, comfy_root):
+def mods(comfy_root):
+    """`mods("x")`: the pack's supir_modules.x (imported after ComfyUI is known to be there)."""
     def mod(name):
-        return importlib.import_module(f"{pack.__name__}.supir_modules.{name}")
+        return importlib.import_module(f"{PACK_MODULE_NAME}.supir_modules.{name}")
 
     return mod
 
 
 @pytest.fixture(scope="module")
-def sdxl_sd():
+def sdxl_sd(comfy_root):
     return tiny_sdxl_state_dict(seed=0)
 
 
@@ -67,6 +69,12 @@ def reference_unet(sdxl_sd):
     return unet.eval()
 
 
+@pytest.fixture(scope="module")
+def reference_out(reference_unet):
+    """The reference UNet's output for `_unet_inputs()`."""
+    return _unet_out(reference_unet, _unet_inputs())
+
+
 def _unet_inputs(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(1, 4, 8, 8, generator=g), torch.tensor([437.0]),
@@ -90,7 +98,7 @@ def _check_clip_and_vae(clip, vae):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "ckpt"])
-def test_tiny_sdxl_loads_as_model_clip_vae(mods, files, fmt, reference_unet):
+def test_tiny_sdxl_loads_as_model_clip_vae(mods, files, fmt, reference_out):
     sd = mods("checkpoint").read_state_dict(files[fmt])
     keys = set(sd)
     model, clip, vae = mods("sdxl_loader").load_sdxl(sd, str(files[fmt]))
@@ -102,7 +110,7 @@ def test_tiny_sdxl_loads_as_model_clip_vae(mods, files, fmt, reference_unet):
     inputs = _unet_inputs()
     out = _unet_out(model.model.diffusion_model, inputs)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, _unet_out(reference_unet, inputs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, reference_out, rtol=1e-5, atol=1e-6)
     _check_clip_and_vae(clip, vae)
 
 
@@ -123,7 +131,7 @@ def test_tiny_text_encoders_load_without_missing_keys(mods, sdxl_sd):
     assert list(unexpected) == ["clip_l.transformer.text_model.embeddings.position_ids"], unexpected
 
 
-def test_full_supir_file_loads_as_sdxl(mods, files, reference_unet, caplog):
+def test_full_supir_file_loads_as_sdxl(mods, files, reference_out, caplog):
     sd = mods("checkpoint").read_state_dict(files["supir_full"])
     assert mods("checkpoint").classify_state_dict(sd) == "supir_full"
     n = len(sd)
@@ -133,8 +141,7 @@ def test_full_supir_file_loads_as_sdxl(mods, files, reference_unet, caplog):
     assert not noisy, f"SUPIR keys reported while loading SDXL: {noisy}"
     assert len(sd) == n
     assert not any("project_modules" in k for k in model.model.diffusion_model.state_dict())
-    inputs = _unet_inputs()
-    torch.testing.assert_close(_unet_out(model.model.diffusion_model, inputs), _unet_out(reference_unet, inputs),
+    torch.testing.assert_close(_unet_out(model.model.diffusion_model, _unet_inputs()), reference_out,
                                rtol=1e-5, atol=1e-6)
     _check_clip_and_vae(clip, vae)
     parts = mods("checkpoint").split_supir_state_dict(sd, str(files["supir_full"]))  # still usable afterwards
@@ -223,7 +230,7 @@ def tiny_in_comfy_table(mods, sdxl_sd, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [None, torch.float16], ids=["auto", "fp16"])
-def test_standard_size_goes_through_comfy_loader(mods, files, tiny_in_comfy_table, reference_unet, caplog, dtype):
+def test_standard_size_goes_through_comfy_loader(mods, files, tiny_in_comfy_table, reference_out, caplog, dtype):
     import comfy.sd
 
     calls = tiny_in_comfy_table()
@@ -235,9 +242,8 @@ def test_standard_size_goes_through_comfy_loader(mods, files, tiny_in_comfy_tabl
     if hasattr(comfy.sd, "load_state_dict_guess_config"):  # 0.3.75: ComfyUI's own loader, dtype as model_options
         assert len(calls) == 1 and calls[0]["model_options"] == ({} if dtype is None else {"dtype": dtype})
     assert type(model.model.model_config).__name__ == "Tiny"
-    inputs = _unet_inputs()
     if dtype is None:
-        torch.testing.assert_close(_unet_out(model.model.diffusion_model, inputs), _unet_out(reference_unet, inputs),
+        torch.testing.assert_close(_unet_out(model.model.diffusion_model, _unet_inputs()), reference_out,
                                    rtol=1e-5, atol=1e-6)
     else:
         assert {p.dtype for p in model.model.diffusion_model.parameters()} == {dtype}
@@ -253,7 +259,7 @@ def test_non_sdxl_architecture_is_rejected(mods, sdxl_sd, tiny_in_comfy_table):
 
 
 # --- the tiny SUPIR weights fit the tiny UNet ----------------------------------------------------------------
-def test_tiny_supir_weights_fit_the_tiny_unet(mods, sdxl_sd, reference_unet, tmp_path):
+def test_tiny_supir_weights_fit_the_tiny_unet(mods, sdxl_sd, reference_unet, reference_out, tmp_path):
     supir = tiny_supir_state_dict(sdxl_sd, seed=0)
     parts = mods("checkpoint").split_supir_state_dict({**sdxl_sd, **supir}, "tiny_supir_full")
     config, adaptor, unet = mods("config"), mods("adaptor"), mods("unet")
@@ -266,7 +272,7 @@ def test_tiny_supir_weights_fit_the_tiny_unet(mods, sdxl_sd, reference_unet, tmp
     with torch.no_grad():
         features = control(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)), t, x, context, y)
         unet.check_connectors_fit(reference_unet, connectors, len(features))
-        plain = reference_unet(x, t, context=context, y=y)
+        plain = reference_out
         full = unet.supir_unet_forward(reference_unet, x, t, context, y, features, connectors, control_scale=1.0)
         off = unet.supir_unet_forward(reference_unet, x, t, context, y, features, connectors, control_scale=0.0)
     assert torch.isfinite(full).all()

@@ -5,9 +5,12 @@ The input is split into tiles with a margin of `pad` pixels (split_tiles); every
 Encoder/Decoder (comfy.ldm.modules.diffusionmodules.model) one layer at a time. At each GroupNorm all tiles
 pause, their per-tile group mean/variance are averaged weighted by pixel count, and every tile is normalised with
 those shared statistics, so the stitched result has no seams. Each tile's valid region is then cropped and placed.
-As in the official code, the mid-block attention runs on each (padded) tile with the shared normalisation: the
-result is close to, not identical with, the untiled VAE. Tiles that wait at a GroupNorm are parked on
-`park_device` (default: the input's device), the official code's way of bounding accelerator memory.
+As in the official code, the mid-block attention runs on each (padded) tile with the shared normalisation, and
+the shared statistics are the pixel-weighted mean of the padded tiles' means and variances (the spread between
+tile means is not counted, overlaps count twice): the result is close to, not identical with, the untiled VAE.
+`valid_region_stats=True` (not official) pools each tile's own region instead, which reproduces the untiled
+statistics up to the tiles' border error. Tiles waiting at a GroupNorm are parked on `park_device` (default: the
+input's device; the official code parks them on the CPU) to bound accelerator memory.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ ENCODER_PAD = 32  # pixels (official VAEHook: pad 32 for the encoder)
 DECODER_TILE_SIZE = 64  # latent pixels
 DECODER_PAD = 11  # latent pixels
 MIN_ENCODER_TILE = 16
+ENCODER_ALIGN = 8  # encoder tile sizes and pads: multiples of 8 px (and of the VAE's scale)
 MIN_DECODER_TILE = 8
 
 Callback = Callable[[int, int], None]  # (steps done, steps in all)
@@ -74,18 +78,18 @@ def _mid_steps(net: nn.Module) -> list[_Step]:
             + _resnet_steps(net.mid.block_2, "mid.block_2"))
 
 
-def _check_net(net: nn.Module, part: str, levels_attr: str) -> None:
+def _check_net(net: nn.Module, what: str, levels_attr: str) -> None:
     if not isinstance(net, nn.Module) or not hasattr(net, levels_attr) or not hasattr(net, "mid"):
-        raise TypeError(f"tiled_{part} takes ComfyUI's VAE {part}r (comfy.ldm.modules.diffusionmodules.model), "
+        raise TypeError(f"expected ComfyUI's VAE {what} (comfy.ldm.modules.diffusionmodules.model.{what.title()}), "
                         f"got {type(net).__name__}")
     if not isinstance(net.conv_in, nn.Conv2d):
-        raise TypeError(f"tiled_{part}: {type(net).__name__}.conv_in is {type(net.conv_in).__name__}; only 2D "
-                        "(image) VAEs can be tiled")
+        raise TypeError(f"{type(net).__name__}.conv_in is {type(net.conv_in).__name__}: only 2D (image) VAEs can be "
+                        "tiled")
 
 
 def _encoder_program(enc: nn.Module) -> list[_Step]:
     """The steps of Encoder.forward in order (official build_task_queue with is_decoder=False)."""
-    _check_net(enc, "encode", "down")
+    _check_net(enc, "encoder", "down")
     steps = [_Step("call", enc.conv_in)]
     for i in range(enc.num_resolutions):
         steps += _level_steps(enc.down[i], enc.num_res_blocks, f"down.{i}")
@@ -97,7 +101,7 @@ def _encoder_program(enc: nn.Module) -> list[_Step]:
 
 def _decoder_program(dec: nn.Module) -> list[_Step]:
     """The steps of Decoder.forward in order (official build_task_queue with is_decoder=True)."""
-    _check_net(dec, "decode", "up")
+    _check_net(dec, "decoder", "up")
     steps = [_Step("call", dec.conv_in)] + _mid_steps(dec)
     for i in reversed(range(dec.num_resolutions)):
         steps += _level_steps(dec.up[i], dec.num_res_blocks + 1, f"up.{i}")
@@ -106,20 +110,15 @@ def _decoder_program(dec: nn.Module) -> list[_Step]:
     if getattr(dec, "give_pre_end", False):
         return steps
     steps += [_Step("norm", dec.norm_out), _Step("silu"), _Step("call", dec.conv_out)]
-    return steps + [_Step("tanh")] if getattr(dec, "tanh_out", False) else steps
+    if getattr(dec, "tanh_out", False):
+        steps.append(_Step("tanh"))
+    return steps
 
 
 def _attention(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """AttnBlock.forward minus its norm and residual: single-head attention over this tile's tokens."""
-    q, k, v = block.q(h), block.k(h), block.v(h)
-    attend = getattr(block, "optimized_attention", None)
-    if attend is None:
-        b, c = q.shape[:2]
-        out = F.scaled_dot_product_attention(*(t.reshape(b, 1, c, -1).transpose(2, 3) for t in (q, k, v)))
-        attend_out = out.transpose(2, 3).reshape(q.shape)
-    else:
-        attend_out = attend(q, k, v)
-    return block.proj_out(attend_out)
+    """AttnBlock.forward minus its norm and residual: single-head attention over this tile's tokens (as the
+    official xformer_attn_forward), with the block's own attention kernel."""
+    return block.proj_out(block.optimized_attention(block.q(h), block.k(h), block.v(h)))
 
 
 # --- synchronised GroupNorm ---------------------------------------------------------------------------------
@@ -341,14 +340,15 @@ def tiled_encode(encoder: nn.Module, x: torch.Tensor, tile_size: int = ENCODER_T
     `callback(done, total)` reports progress.
     """
     program = _encoder_program(encoder)
-    factor = 2 ** (encoder.num_resolutions - 1)
-    _check_int("encoder tile_size", tile_size, max(MIN_ENCODER_TILE, factor), factor)
-    _check_int("encoder pad", pad, 0, factor)
+    factor = 2 ** (encoder.num_resolutions - 1)  # 8 for SDXL's VAE
+    align = max(ENCODER_ALIGN, factor)  # tile edges must fall on the latent grid
+    _check_int("encoder tile_size", tile_size, max(MIN_ENCODER_TILE, align), align)
+    _check_int("encoder pad", pad, 0, align)
     _check_input(x, "tiled_encode input")
     if x.shape[2] % factor or x.shape[3] % factor:
         raise ValueError(f"tiled_encode input is {x.shape[2]}x{x.shape[3]} px: height and width must be multiples "
                          f"of {factor}; crop or resize the image first")
-    return _tiled(encoder, program, x, tile_size, pad, factor, lambda v: v // factor, park_device,
+    return _tiled(encoder, program, x, tile_size, pad, align, lambda v: v // factor, park_device,
                   valid_region_stats, callback, "encode")
 
 

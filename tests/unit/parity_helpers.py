@@ -78,7 +78,7 @@ def build_vae(p: Parity):
     """ComfyUI's VAE (config from the decoder's shapes) and our degradation-robust encoder."""
     import comfy.sd
 
-    config, vae = mod("config"), mod("vae")
+    config = mod("config")
     vsd = strip(p.weights, "first_stage_model.", drop=("denoise_encoder",))
     ddconfig = config.decoder_config_from_state_dict(vsd)
     embed_dim = vsd["quant_conv.weight"].shape[0] // 2

@@ -9,6 +9,12 @@ CATEGORY = "image/restoration/FSUPIR"
 SUPIR_MODEL_TYPE = "FSUPIR_MODEL"
 SUPIR_LATENTS_TYPE = "FSUPIR_LATENTS"
 SUPIR_FOLDER = "SUPIR"
+# Tiled VAE GroupNorm statistics: pooled over each tile's own region (matches the untiled VAE closely), or
+# combined as the official tilevae.py does (whole padded tiles; measurably further from untiled).
+TILE_NORM_CHOICES = ["whole image", "official"]
+TILE_NORM_INPUT = (TILE_NORM_CHOICES, {"default": "whole image",
+                                       "tooltip": "Tiled VAE GroupNorm statistics. whole image: close to untiled. "
+                                                  "official: as SUPIR's tilevae.py (visibly less exact)."})
 
 
 def register_model_folder() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..supir_modules import images
 from ..supir_modules.colorfix import MODES
 from ..supir_modules.pipeline import decode, finish
-from .common import CATEGORY
+from .common import CATEGORY, TILE_NORM_INPUT
 
 
 class FSUPIRDecode:
@@ -19,6 +19,7 @@ class FSUPIRDecode:
                 "tiled_vae": ("BOOLEAN", {"default": False, "tooltip": "Seamless tiled decoding for large images."}),
                 "decoder_tile_size": ("INT", {"default": 64, "min": 16, "max": 512, "step": 8,
                                               "tooltip": "Tile in latent pixels (official 64)."}),
+                "tile_norm": TILE_NORM_INPUT,
             },
             "optional": {
                 "stage1_image": ("IMAGE", {"tooltip": "The stage-1 image from Encode: the colour reference."}),
@@ -31,13 +32,14 @@ class FSUPIRDecode:
     CATEGORY = CATEGORY
     DESCRIPTION = "Decodes SUPIR's result, fixes colours against stage 1, restores the size and alpha."
 
-    def decode(self, vae, samples, color_fix="Wavelet", tiled_vae=False, decoder_tile_size=64, stage1_image=None):
+    def decode(self, vae, samples, color_fix="Wavelet", tiled_vae=False, decoder_tile_size=64, tile_norm="whole image",
+               stage1_image=None):
         if not isinstance(samples, dict) or "samples" not in samples:
             raise ValueError("samples must be a LATENT (from the SUPIR Sampler)")
         if color_fix != "None" and stage1_image is None:
             raise ValueError(f"colour fix {color_fix} needs the stage-1 image: connect Encode's stage1_image, or "
                              "set color_fix to None")
-        decoded = decode(vae, samples["samples"], tiled_vae, decoder_tile_size)
+        decoded = decode(vae, samples["samples"], tiled_vae, decoder_tile_size, official_tile_norm=tile_norm == "official")
         reference = images.from_comfy_image(stage1_image) if stage1_image is not None else None
         image = finish(decoded, reference, color_fix, samples.get("fsupir_out_size"), samples.get("fsupir_alpha"))
         return (image,)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..supir_modules import images
 from ..supir_modules.pipeline import SupirLatents, run_stage1
-from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, check_supir_model
+from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, TILE_NORM_INPUT, check_supir_model
 
 MIN_INPUT_SIDE = 64
 
@@ -28,6 +28,7 @@ class FSUPIREncode:
                                           "tooltip": "Tiled VAE encoder tile in pixels (official 512)."}),
             "decoder_tile_size": ("INT", {"default": 64, "min": 16, "max": 512, "step": 8,
                                           "tooltip": "Tiled VAE decoder tile in latent pixels (official 64)."}),
+            "tile_norm": TILE_NORM_INPUT,
         }}
 
     RETURN_TYPES = (SUPIR_LATENTS_TYPE, "IMAGE")
@@ -40,7 +41,7 @@ class FSUPIREncode:
     DESCRIPTION = "Stage 1 of SUPIR: the degradation-robust encoder, its decode, and the guidance target."
 
     def encode(self, supir_model, vae, image, upscale=1.0, min_size=1024, seed=1234, tiled_vae=False,
-               encoder_tile_size=512, decoder_tile_size=64):
+               encoder_tile_size=512, decoder_tile_size=64, tile_norm="whole image"):
         check_supir_model(supir_model)
         if image is None or image.shape[0] == 0:
             raise ValueError("the image batch is empty: connect a Load Image node")
@@ -51,7 +52,8 @@ class FSUPIREncode:
                              f"side; SUPIR needs at least {MIN_INPUT_SIDE}: raise upscale or enlarge the image")
         size = images.plan_size(h, w, upscale, min_size)
         x = images.prepare_batch(rgb, size)
-        r = run_stage1(supir_model, vae, x, seed, tiled_vae, encoder_tile_size, decoder_tile_size)
+        r = run_stage1(supir_model, vae, x, seed, tiled_vae, encoder_tile_size, decoder_tile_size,
+                       official_tile_norm=tile_norm == "official")
         latents = SupirLatents(control=r.control_latent, center=r.center_latent, out_size=(size.out_h, size.out_w),
                                source=supir_model.source, alpha=alpha,
                                info={"work_size": (size.work_h, size.work_w), "seed": seed})

@@ -65,8 +65,14 @@ def _vae_parts(vae):
 
 @torch.no_grad()
 def run_stage1(supir: SupirModel, vae, x: torch.Tensor, seed: int, tiled: bool, encoder_tile: int,
-               decoder_tile: int) -> Stage1Result:
-    """Official steps 2-4 for x in [-1, 1] NCHW, one image at a time (memory), on the VAE's device/dtype."""
+               decoder_tile: int, official_tile_norm: bool = False) -> Stage1Result:
+    """Official steps 2-4 for x in [-1, 1] NCHW, one image at a time (memory), on the VAE's device/dtype.
+
+    Tiled VAE: `official_tile_norm` combines GroupNorm statistics as the official tilevae.py does; by default
+    they are pooled over each tile's own region, which reproduces the untiled VAE (the official default) far
+    more closely (see tiled_vae.py).
+    """
+    valid = not official_tile_norm
     patcher, ae, device, dtype = _vae_parts(vae)
     mm.load_models_gpu([patcher, supir.denoise_encoder])
     enc = supir.denoise_encoder.model.denoise_encoder
@@ -76,13 +82,17 @@ def run_stage1(supir: SupirModel, vae, x: torch.Tensor, seed: int, tiled: bool, 
         _interrupt()
         xi = x[i:i + 1].to(device, dtype)
         if tiled:
-            h_ctrl = tiled_vae.tiled_encode(enc, xi, tile_size=encoder_tile)
+            h_ctrl = tiled_vae.tiled_encode(enc, xi, tile_size=encoder_tile, valid_region_stats=valid)
         else:
             h_ctrl = enc(xi)
         control = SCALE_FACTOR * torch.chunk(ae.quant_conv(h_ctrl), 2, dim=1)[0]
         z = ae.post_quant_conv(control / SCALE_FACTOR)
-        stage1 = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile) if tiled else ae.decoder(z)
-        h_c = tiled_vae.tiled_encode(ae.encoder, stage1, tile_size=encoder_tile) if tiled else ae.encoder(stage1)
+        if tiled:
+            stage1 = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile, valid_region_stats=valid)
+            h_c = tiled_vae.tiled_encode(ae.encoder, stage1, tile_size=encoder_tile, valid_region_stats=valid)
+        else:
+            stage1 = ae.decoder(z)
+            h_c = ae.encoder(stage1)
         mean, logvar = torch.chunk(ae.quant_conv(h_c), 2, dim=1)
         # The official sample draws CPU randn (DiagonalGaussianDistribution.sample).
         eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(device, mean.dtype)
@@ -242,7 +252,7 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
 
 # --- decode ------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def decode(vae, samples: torch.Tensor, tiled: bool, decoder_tile: int) -> torch.Tensor:
+def decode(vae, samples: torch.Tensor, tiled: bool, decoder_tile: int, official_tile_norm: bool = False) -> torch.Tensor:
     """Scaled latent -> [-1, 1] NCHW image, unclamped (official decode_first_stage), one image at a time."""
     patcher, ae, device, dtype = _vae_parts(vae)
     mm.load_models_gpu([patcher])
@@ -250,7 +260,8 @@ def decode(vae, samples: torch.Tensor, tiled: bool, decoder_tile: int) -> torch.
     for i in range(samples.shape[0]):
         _interrupt()
         z = ae.post_quant_conv(samples[i:i + 1].to(device, dtype) / SCALE_FACTOR)
-        img = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile) if tiled else ae.decoder(z)
+        img = (tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile, valid_region_stats=not official_tile_norm)
+               if tiled else ae.decoder(z))
         outs.append(img.float().cpu())
     return torch.cat(outs)
 

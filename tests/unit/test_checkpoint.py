@@ -14,11 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from supir_modules.checkpoint import (  # noqa: E402
+from fsupir_under_test.supir_modules.checkpoint import (
     SUPIR_PREFIXES,
     CheckpointError,
     classify_state_dict,
@@ -28,6 +24,7 @@ from supir_modules.checkpoint import (  # noqa: E402
     split_supir_state_dict,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("SUPIR_PARITY_FIXTURES", REPO.parent / "shared" / "fixtures" / "parity"))
 TINY_SUPIR = FIXTURES / "tiny_supir.safetensors"
 LAYOUT = FIXTURES.parent / "supir_v0_layout.json"
@@ -128,7 +125,7 @@ def test_official_style_ckpt_unwraps_state_dict(tmp_path: Path, caplog: pytest.L
     sd = tiny_supir()
     path = tmp_path / "SUPIR-v0Q.ckpt"
     torch.save({"state_dict": sd, "global_step": 1000, "epoch": 3}, path)
-    with caplog.at_level(logging.INFO, logger="supir_modules.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="fsupir_under_test.supir_modules.checkpoint"):
         got = read_state_dict(path)
     assert_same(got, sd)
     assert classify_state_dict(got) == "supir_pruned"

@@ -110,10 +110,12 @@ class SupirModel:
         """
         adaptor: SupirAdaptor = self.adaptor.model
         unet = self.sdxl.model.diffusion_model
-        dtype = self.compute_dtype
-        device = mm.get_torch_device() if x_in.device.type == "meta" else x_in.device
-        hint = hint.to(device, dtype)
-        control = adaptor.control_model(hint, timesteps, x_in, context, y, transformer_options=transformer_options)
+        hint = hint.to(x_in.device, self.compute_dtype)
+        control = adaptor.control_model(hint, timesteps, x_in, context, y)
+        if transformer_options is None:
+            # The MODEL's own transformer options (attention patches of upstream nodes) reach its blocks; the
+            # adaptor gets none, as ComfyUI's ControlNets do.
+            transformer_options = dict(self.sdxl.model_options.get("transformer_options", {}))
         return supir_unet_forward(unet, x_in, timesteps, context, y, control, adaptor.project_modules,
                                   control_scale, transformer_options=transformer_options)
 
@@ -127,6 +129,10 @@ def make_supir_model(sdxl_patcher, vae, control_sd: Mapping[str, torch.Tensor],
     fp16 autocast); its storage dtype is the user's choice or ComfyUI's rule. The degradation-robust encoder
     computes in the VAE's dtype, since it shares the VAE's quant_conv.
     """
+    model_type = getattr(getattr(sdxl_patcher.model, "model_type", None), "name", "EPS")
+    if model_type != "EPS":
+        raise SupirLoadError(f"the SDXL model predicts {model_type}, but SUPIR was trained on SDXL's eps prediction "
+                             "and samples with it: use an eps-prediction SDXL base or fine-tune (most are)")
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device()
     params = _count(control_sd) + _count(connector_sd)

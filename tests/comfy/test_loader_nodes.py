@@ -193,3 +193,38 @@ def test_loader_lists_supir_and_checkpoint_files(node_mappings, files):
     for name in ("FSUPIR_Loader", "FSUPIR_LoaderFromModel"):
         choices = node_mappings[name].INPUT_TYPES()["required"]["supir_model"][0]
         assert "SUPIR-tiny-pruned.safetensors" in choices and "tiny_sdxl.safetensors" in choices
+
+
+def _sdxl_from_file(files, pack):
+    import importlib
+
+    ck = importlib.import_module(f"{pack.__name__}.supir_modules.checkpoint")
+    sdxl_loader = importlib.import_module(f"{pack.__name__}.supir_modules.sdxl_loader")
+    path = str(files / "checkpoints" / "tiny_sdxl.safetensors")
+    return sdxl_loader.load_sdxl(ck.read_state_dict(path), path)
+
+
+def test_attention_patches_on_the_model_reach_its_blocks(node_mappings, files, pack):
+    """Upstream nodes patch attention through the MODEL's transformer options; SUPIR's forward honours them."""
+    model, clip, vae = _sdxl_from_file(files, pack)
+    patched = model.clone()
+    seen = []
+
+    def attn1_patch(q, k, v, extra_options):
+        seen.append(extra_options.get("block"))
+        return q, k, v
+
+    patched.set_model_attn1_patch(attn1_patch)
+    supir, _, _ = node_mappings["FSUPIR_LoaderFromModel"]().load(patched, clip, vae, "SUPIR-tiny-pruned.safetensors",
+                                                                 "fp32")
+    _eps(supir)
+    assert seen and {b[0] for b in seen} >= {"input", "middle", "output"}
+
+
+def test_non_eps_sdxl_is_refused(node_mappings, files, pack):
+    import comfy.model_base
+
+    model, clip, vae = _sdxl_from_file(files, pack)
+    model.model.model_type = comfy.model_base.ModelType.V_PREDICTION
+    with pytest.raises(ValueError, match="V_PREDICTION.*eps"):
+        node_mappings["FSUPIR_LoaderFromModel"]().load(model, clip, vae, "SUPIR-tiny-pruned.safetensors", "auto")

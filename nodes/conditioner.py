@@ -19,12 +19,23 @@ def _first(v, default=None):
     return v if v is not None else default
 
 
+def _official_tokens(clip, key: str, chunks):
+    """One encoder's chunks truncated the official way; the tokenizer's own special tokens are used."""
+    tok = getattr(getattr(clip, "tokenizer", None), f"clip_{key}", None)
+    if tok is None or not isinstance(chunks, list):
+        return chunks[:1] if isinstance(chunks, list) else chunks
+    pad = getattr(tok, "pad_token", None)
+    if pad is None:  # ComfyUI 2024-03 derives it on the fly
+        pad = tok.end_token if tok.pad_with_end else 0
+    return prompts.truncate_like_official(chunks, tok.start_token, tok.end_token, pad, tok.max_length)
+
+
 def encode_prompt(clip, text: str, length: str) -> tuple:
     """(crossattn, pooled) of `text`. The official text encoders truncate at 77 tokens; ComfyUI would encode
     every 77-token chunk, so "official" keeps only the first chunk."""
     tokens = clip.tokenize(text)
     if length == LENGTH_OFFICIAL:
-        tokens = {k: (v[:1] if isinstance(v, list) else v) for k, v in tokens.items()}
+        tokens = {k: _official_tokens(clip, k, v) for k, v in tokens.items()}
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     return cond, pooled
 

@@ -32,3 +32,35 @@ def positive_prompt(caption: str, quality_prompt: str, restoration_instruction: 
     text = "".join([escape_weights(caption.strip()), quality_prompt])
     instruction = restoration_instruction.strip()
     return f"{instruction} {text}" if instruction else text
+
+
+def truncate_like_official(chunks: list[list[tuple]], start: int | None, end: int, pad: int,
+                           length: int = 77) -> list[list[tuple]]:
+    """ComfyUI's 77-token chunks of one text encoder -> the single sequence the official encoders see.
+
+    The official FrozenCLIPEmbedder/OpenCLIP tokenizers truncate the whole text at 77 tokens (start + 75 + end,
+    then padding). ComfyUI splits long text into chunks at word boundaries, so its first chunk may stop a few
+    tokens early; joining the chunks' bodies and cutting at 75 gives exactly the official tokens. Entries keep
+    ComfyUI's form, (id, weight) or (id, weight, word_id).
+    """
+    if not chunks or not chunks[0]:
+        return chunks
+    body: list[tuple] = []
+    for chunk in chunks:
+        toks = list(chunk)
+        if start is not None and toks and toks[0][0] == start:
+            toks = toks[1:]
+        for i, t in enumerate(toks):
+            if t[0] == end:  # the end token; only padding follows
+                toks = toks[:i]
+                break
+        body.extend(toks)
+    first = chunks[0][0]
+
+    def entry(token: int) -> tuple:
+        return (token, 1.0) + ((0,) if len(first) > 2 else ())
+
+    head = [entry(start)] if start is not None else []
+    body = body[: length - len(head) - 1]
+    seq = head + body + [entry(end)]
+    return [seq + [entry(pad)] * (length - len(seq))]

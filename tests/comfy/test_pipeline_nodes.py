@@ -267,3 +267,24 @@ def test_adaptor_partial_low_vram_load_computes_the_same(chain):
     finally:
         patcher.unpatch_model(cpu)
     assert torch.allclose(full, partial, atol=1e-5)
+
+
+def test_official_prompt_length_keeps_exactly_the_first_75_tokens(chain):
+    """The official encoders truncate the text at 77 tokens; ComfyUI chunks at word boundaries."""
+    import importlib
+
+    cond_mod = importlib.import_module(chain.n["FSUPIR_Conditioner"].__module__)
+    words = " ".join(f"word{i} extraordinarily" for i in range(40))  # ~200 tokens, multi-token words
+    full = chain.clip.tokenize(words)
+    for key in ("l", "g"):
+        tok = getattr(chain.clip.tokenizer, f"clip_{key}")
+        hf_ids = tok.tokenizer(words)["input_ids"]  # the whole text as one HF sequence: start, body..., end
+        official = cond_mod._official_tokens(chain.clip, key, full[key])
+        assert len(official) == 1 and len(official[0]) == 77
+        ids = [t[0] for t in official[0]]
+        assert ids[:76] == hf_ids[:76], key  # start + the first 75 body tokens
+        assert ids[76] == tok.end_token
+        assert len(full[key]) > 1  # ComfyUI itself made several chunks
+    short = chain.clip.tokenize("a cat")
+    for key in ("l", "g"):
+        assert cond_mod._official_tokens(chain.clip, key, short[key]) == short[key]

@@ -276,7 +276,11 @@ def finish(decoded: torch.Tensor, reference: torch.Tensor | None, color_fix: str
             raise ValueError(f"the colour reference has {ref.shape[0]} images for {x.shape[0]} samples: connect the "
                              "stage-1 image of the same Encode node")
         if ref.shape[-2:] != x.shape[-2:]:
-            ref = images.restore_size(ref, *x.shape[-2:])
+            (rh, rw), (xh, xw) = ref.shape[-2:], x.shape[-2:]
+            if abs(rh / rw - xh / xw) > 0.01 * (xh / xw):
+                raise ValueError(f"the colour reference is {rw}x{rh} but the samples decode to {xw}x{xh}: it comes from "
+                                 "another image; connect the stage-1 image of the Encode node these samples came from")
+            ref = images.restore_size(ref, xh, xw)
         x = colorfix.apply_color_fix(x, ref.expand(x.shape[0], -1, -1, -1), color_fix)
     if out_size is not None:
         x = images.restore_size(x, *out_size)

@@ -222,6 +222,12 @@ def test_missing_clip_and_missing_reference(chain):
         chain.n["FSUPIR_TiledDecode"]().decode(chain.vae, samples, "Wavelet")
     with pytest.raises(ValueError, match="reference has 3 images"):
         chain.decode(samples, stage1.expand(3, -1, -1, -1))
+    _, other_stage1 = chain.encode(image(h=64, w=192), min_size=64)
+    with pytest.raises(ValueError, match="another image"):
+        chain.decode(samples, other_stage1)
+    # The same picture at another size (e.g. the original input) is a fine colour reference.
+    assert chain.decode(samples, torch.nn.functional.interpolate(
+        stage1.permute(0, 3, 1, 2), scale_factor=0.5).permute(0, 2, 3, 1)).shape[-1] == 3
 
 
 def test_progress_bar_and_latent_previews(chain, monkeypatch):

@@ -24,6 +24,7 @@ def written(tmp_path_factory):
     root = tmp_path_factory.mktemp("written")
     return {
         "checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
+        "checkpoints/tiny_sdxl.ckpt": write_sdxl(root / "tiny_sdxl.ckpt", "ckpt"),
         "SUPIR/SUPIR-tiny-pruned.safetensors": write_supir_pruned(root / "SUPIR-tiny-pruned.safetensors"),
         "SUPIR/SUPIR-tiny-full.ckpt": write_supir_full(root / "SUPIR-tiny-full.ckpt", "ckpt"),
         "checkpoints/tiny_sd15.safetensors": write_sd15_like(root / "tiny_sd15.safetensors"),
@@ -80,6 +81,18 @@ def test_loader_builds_a_working_model(node_mappings, files, supir_file):
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
     assert torch.isfinite(cond).all() and cond.shape[1] == 77
     assert vae.first_stage_model is not None
+
+
+def test_sdxl_from_an_official_style_ckpt(node_mappings, files):
+    supir, clip, vae = _loader(node_mappings).load("SUPIR-tiny-pruned.safetensors", "tiny_sdxl.ckpt", "fp32")
+    ref, _, _ = _loader(node_mappings).load("SUPIR-tiny-pruned.safetensors", "tiny_sdxl.safetensors", "fp32")
+    assert torch.allclose(_eps(supir), _eps(ref), atol=1e-6)
+
+
+def test_corrupt_file(node_mappings, files):
+    (files / "SUPIR" / "SUPIR-noise.ckpt").write_bytes(bytes(range(256)) * 64)
+    with pytest.raises(ValueError, match=r"SUPIR-noise\.ckpt"):
+        _loader(node_mappings).load("SUPIR-noise.ckpt", "tiny_sdxl.safetensors", "auto")
 
 
 def test_full_and_pruned_files_give_the_same_adaptor(node_mappings, files):

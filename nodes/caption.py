@@ -168,7 +168,8 @@ class FSUPIRLLaVACaption:
                 release(vlm)
         for i, c in enumerate(captions):
             logger.info("caption %d/%d: %s", i + 1, len(captions), c)
-        return (captions,)
+        # The UI part lets the frontend show the text on the node (js/); the result feeds the Conditioner.
+        return {"ui": {"text": captions}, "result": (captions,)}
 
 
 register_model_folders()

@@ -98,6 +98,8 @@ def run(node, img, model=PLAIN, **kw):
     args = dict(FAST)
     args.update(kw)
     out = node.caption(img, model, **args)
+    assert out["ui"]["text"] == out["result"][0]  # the frontend shows what the Conditioner gets
+    out = out["result"]
     assert isinstance(out, tuple) and len(out) == 1
     return out[0]
 

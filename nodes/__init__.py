@@ -4,7 +4,7 @@ Node IDs and custom types carry the prefix ``FSUPIR`` (kijai's pack uses ``SUPIR
 ``SUPIRApply``). IDs and input names are permanent: saved workflows depend on them, and UI workflows store
 widget values by position, so a new widget only ever goes after the existing ones.
 """
-from . import caption, conditioner, decode, degrade, encode, loader, quality, sampler
+from . import caption, conditioner, decode, degrade, encode, loader, quality, routes, sampler  # noqa: F401
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -7,11 +7,14 @@
 # process per tier and ComfyUI runtime, because one Python process can import only one ComfyUI copy:
 #   unit@<runtime>, comfy@<runtime>   for each runtime (SUPIR_COMFY_ROOT names it)
 #   server                            once (its tests start real servers of every runtime themselves)
+#   browser                           once (ComfyUI's frontends in headless Chromium, servers of every runtime;
+#                                     screenshots in <artifacts>/screenshots/)
 # A tier without tests (pytest exit code 5) counts as passed. The last line of output is
 # "N passed, N failed, N skipped", summed over all tiers from pytest's JUnit XML; the exit status is non-zero
 # if any test failed or errored, or any tier or the setup broke (each counts as one failure).
 #
-# Environment: SUPIR_VENV, SUPIR_RUNTIMES (as for setup_env.sh); SUPIR_TEST_TIERS (default "unit comfy server");
+# Environment: SUPIR_VENV, SUPIR_RUNTIMES (as for setup_env.sh); SUPIR_TEST_TIERS (default
+# "unit comfy server browser");
 # SUPIR_TEST_RUNTIMES (default "comfy-0.3.75 comfy-2024.03"); SUPIR_TEST_ARTIFACTS (JUnit XML folder,
 # default <repo>/test-artifacts).
 set -uo pipefail
@@ -20,7 +23,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 venv="${SUPIR_VENV:-$repo/.venv}"
 runtimes_dir="${SUPIR_RUNTIMES:-$repo/.runtime}"
-tiers="${SUPIR_TEST_TIERS:-unit comfy server}"
+tiers="${SUPIR_TEST_TIERS:-unit comfy server browser}"
 runtimes="${SUPIR_TEST_RUNTIMES:-comfy-0.3.75 comfy-2024.03}"
 artifacts="${SUPIR_TEST_ARTIFACTS:-$repo/test-artifacts}"
 
@@ -113,8 +116,11 @@ for tier in $tiers; do
       done ;;
     server)
       run_tier server tests/server "SUPIR_RUNTIMES=$runtimes_dir" "SUPIR_SERVER_RUNTIMES=$runtimes" ;;
+    browser)
+      run_tier browser tests/browser "SUPIR_RUNTIMES=$runtimes_dir" "SUPIR_SERVER_RUNTIMES=$runtimes" \
+        "SUPIR_TEST_ARTIFACTS=$artifacts" ;;
     *)
-      results+=("$tier: unknown tier (known: unit comfy server)")
+      results+=("$tier: unknown tier (known: unit comfy server browser)")
       total_failed=$((total_failed + 1)) ;;
   esac
 done

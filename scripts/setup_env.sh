@@ -9,7 +9,7 @@
 #   SUPIR_RUNTIMES  where the ComfyUI copies are put     (default: <repo>/.runtime)
 #   SUPIR_PYTHON    interpreter used to make the venv    (default: python3)
 #   SUPIR_TORCH     pip requirement(s) for torch         (default: "torch==2.14.1 torchvision==0.29.1")
-#   SUPIR_PACK_LINK folder name of the pack inside custom_nodes (default: "zz restore-pack link", deliberately
+#   SUPIR_PACK_LINK folder name of the pack inside custom_nodes (default: "zz_restore-pack-link", deliberately
 #                   not the repository's name, to prove the pack imports under any folder name)
 #   SUPIR_WITH_TEST_TOOLS=1  also install tests/requirements.txt into the venv
 #
@@ -17,8 +17,8 @@
 # 0.3.75 under the folder's full path with every '.' replaced by "_x_", and reports the node's `python_module` as
 # "custom_nodes.<folder name>". A '.' in the folder name makes that name look like a dotted submodule path
 # (0.3.75's frontend splits `python_module` on '.' for its per-pack help URL and module grouping, so a dotted
-# name gives the wrong pack). A space and a hyphen are fine in both versions (sys.modules keys are only looked
-# up whole; the tests load the pack under this name in both), so the default keeps those, to stay odd.
+# name gives the wrong pack). A space breaks the pack's web folder: aiohttp's static routes never match a
+# prefix with a space, so neither frontend would load js/. An underscore and hyphens keep the name odd.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,9 +26,9 @@ venv="${SUPIR_VENV:-$repo/.venv}"
 runtimes="${SUPIR_RUNTIMES:-$repo/.runtime}"
 python="${SUPIR_PYTHON:-python3}"
 torch_spec="${SUPIR_TORCH:-torch==2.14.1 torchvision==0.29.1}"
-pack_link="${SUPIR_PACK_LINK:-zz restore-pack link}"
+pack_link="${SUPIR_PACK_LINK:-zz_restore-pack-link}"
 case "$pack_link" in
-  *.*|*/*|"") echo "[setup_env] SUPIR_PACK_LINK must be a non-empty folder name without '.' or '/': '$pack_link'" >&2; exit 2 ;;
+  *.*|*/*|*" "*|"") echo "[setup_env] SUPIR_PACK_LINK must be a non-empty folder name without '.', '/' or spaces: '$pack_link'" >&2; exit 2 ;;
 esac
 
 log() { echo "[setup_env] $*" >&2; }

@@ -30,7 +30,8 @@ from .sampling import (
     sample_restore_dpmpp_2m,
     sample_restore_edm,
 )
-from .vae import SCALE_FACTOR, Stage1Result
+from . import vae as vae_ops
+from .vae import Stage1Result
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,21 @@ def _vae_parts(vae):
     return vae.patcher, vae.first_stage_model, vae.device, vae.vae_dtype
 
 
+def _runners(tiled: bool, encoder_tile: int, decoder_tile: int, official_tile_norm: bool):
+    """How the VAE networks run: directly, or GroupNorm-synchronised tiled (see tiled_vae.py)."""
+    if not tiled:
+        return vae_ops.direct, vae_ops.direct
+    valid = not official_tile_norm  # pooled per-tile statistics by default: far closer to the untiled VAE
+
+    def encode(net, x):
+        return tiled_vae.tiled_encode(net, x, tile_size=encoder_tile, valid_region_stats=valid)
+
+    def decode(net, z):
+        return tiled_vae.tiled_decode(net, z, tile_size=decoder_tile, valid_region_stats=valid)
+
+    return encode, decode
+
+
 @torch.no_grad()
 def run_stage1(supir: SupirModel, vae, x: torch.Tensor, seed: int, tiled: bool, encoder_tile: int,
                decoder_tile: int, official_tile_norm: bool = False) -> Stage1Result:
@@ -72,32 +88,17 @@ def run_stage1(supir: SupirModel, vae, x: torch.Tensor, seed: int, tiled: bool, 
     they are pooled over each tile's own region, which reproduces the untiled VAE (the official default) far
     more closely (see tiled_vae.py).
     """
-    valid = not official_tile_norm
     patcher, ae, device, dtype = _vae_parts(vae)
     mm.load_models_gpu([patcher, supir.denoise_encoder])
-    enc = supir.denoise_encoder.model.denoise_encoder
+    encode, decode_net = _runners(tiled, encoder_tile, decoder_tile, official_tile_norm)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     outs: list[Stage1Result] = []
     for i in range(x.shape[0]):
         _interrupt()
-        xi = x[i:i + 1].to(device, dtype)
-        if tiled:
-            h_ctrl = tiled_vae.tiled_encode(enc, xi, tile_size=encoder_tile, valid_region_stats=valid)
-        else:
-            h_ctrl = enc(xi)
-        control = SCALE_FACTOR * torch.chunk(ae.quant_conv(h_ctrl), 2, dim=1)[0]
-        z = ae.post_quant_conv(control / SCALE_FACTOR)
-        if tiled:
-            stage1 = tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile, valid_region_stats=valid)
-            h_c = tiled_vae.tiled_encode(ae.encoder, stage1, tile_size=encoder_tile, valid_region_stats=valid)
-        else:
-            stage1 = ae.decoder(z)
-            h_c = ae.encoder(stage1)
-        mean, logvar = torch.chunk(ae.quant_conv(h_c), 2, dim=1)
-        # The official sample draws CPU randn (DiagonalGaussianDistribution.sample).
-        eps = torch.randn(mean.shape, generator=gen, dtype=torch.float32).to(device, mean.dtype)
-        center = SCALE_FACTOR * (mean + torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0)) * eps)
-        outs.append(Stage1Result(control.float().cpu(), stage1.float().cpu(), center.float().cpu()))
+        r = vae_ops.run_stage1(supir.denoise_encoder.model, ae, x[i:i + 1].to(device, dtype), generator=gen,
+                               encode=encode, decode=decode_net)
+        outs.append(Stage1Result(r.control_latent.float().cpu(), r.stage1.float().cpu(),
+                                 r.center_latent.float().cpu()))
     return Stage1Result(torch.cat([o.control_latent for o in outs]), torch.cat([o.stage1 for o in outs]),
                         torch.cat([o.center_latent for o in outs]))
 
@@ -256,13 +257,11 @@ def decode(vae, samples: torch.Tensor, tiled: bool, decoder_tile: int, official_
     """Scaled latent -> [-1, 1] NCHW image, unclamped (official decode_first_stage), one image at a time."""
     patcher, ae, device, dtype = _vae_parts(vae)
     mm.load_models_gpu([patcher])
+    _, decode_net = _runners(tiled, 512, decoder_tile, official_tile_norm)
     outs = []
     for i in range(samples.shape[0]):
         _interrupt()
-        z = ae.post_quant_conv(samples[i:i + 1].to(device, dtype) / SCALE_FACTOR)
-        img = (tiled_vae.tiled_decode(ae.decoder, z, tile_size=decoder_tile, valid_region_stats=not official_tile_norm)
-               if tiled else ae.decoder(z))
-        outs.append(img.float().cpu())
+        outs.append(vae_ops.decode_latent(ae, samples[i:i + 1].to(device, dtype), run=decode_net).float().cpu())
     return torch.cat(outs)
 
 

@@ -8,6 +8,7 @@ an AutoencoderKL with `encoder`, `quant_conv`, `post_quant_conv`, `decoder`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -37,29 +38,38 @@ def _moments(h: torch.Tensor, quant_conv: nn.Module | None) -> tuple[torch.Tenso
     return mean, torch.clamp(logvar, -30.0, 20.0)  # DiagonalGaussianDistribution's clamp
 
 
+Runner = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # runs an Encoder/Decoder on a tensor
+
+
+def direct(net: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    return net(t)
+
+
 def encode_control_latent(encoder: DegradationRobustEncoder, quant_conv: nn.Module | None,
-                          x: torch.Tensor) -> torch.Tensor:
-    """0.13025 * mode(quant_conv(denoise_encoder(x))) for x in [-1, 1] NCHW (official step 2)."""
-    mean, _ = _moments(encoder(x), quant_conv)
+                          x: torch.Tensor, run: Runner = direct) -> torch.Tensor:
+    """0.13025 * mode(quant_conv(denoise_encoder(x))) for x in [-1, 1] NCHW (official step 2).
+
+    `run(net, x)` evaluates the encoder network (the tiled VAE passes its own)."""
+    mean, _ = _moments(run(encoder.denoise_encoder, x), quant_conv)
     return SCALE_FACTOR * mean
 
 
-def decode_latent(vae_model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+def decode_latent(vae_model: nn.Module, z: torch.Tensor, run: Runner = direct) -> torch.Tensor:
     """decoder(post_quant_conv(z / 0.13025)), unclamped, in [-1, 1] space (official decode_first_stage)."""
     z = z / SCALE_FACTOR
     pqc = getattr(vae_model, "post_quant_conv", None)
     if pqc is not None:
         z = pqc(z)
-    return vae_model.decoder(z)
+    return run(vae_model.decoder, z)
 
 
 def encode_center_latent(vae_model: nn.Module, x: torch.Tensor, eps: torch.Tensor | None = None,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, run: Runner = direct) -> torch.Tensor:
     """0.13025 * sample(encoder(x)): the restoration-guidance target (official encode_first_stage).
 
     The official sample draws `torch.randn` on the CPU; `eps` replays a recorded draw, `generator` seeds one.
     """
-    mean, logvar = _moments(vae_model.encoder(x), getattr(vae_model, "quant_conv", None))
+    mean, logvar = _moments(run(vae_model.encoder, x), getattr(vae_model, "quant_conv", None))
     if eps is None:
         eps = torch.randn(mean.shape, generator=generator, device="cpu", dtype=torch.float32)
     std = torch.exp(0.5 * logvar)
@@ -74,9 +84,10 @@ class Stage1Result:
 
 
 def run_stage1(encoder: DegradationRobustEncoder, vae_model: nn.Module, x: torch.Tensor,
-               eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Stage1Result:
-    """Official batchify_sample steps 2-4 on x in [-1, 1] NCHW."""
-    control = encode_control_latent(encoder, getattr(vae_model, "quant_conv", None), x)
-    stage1 = decode_latent(vae_model, control)
-    center = encode_center_latent(vae_model, stage1, eps=eps, generator=generator)
+               eps: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               encode: Runner = direct, decode: Runner = direct) -> Stage1Result:
+    """Official batchify_sample steps 2-4 on x in [-1, 1] NCHW; `encode`/`decode` run the VAE networks."""
+    control = encode_control_latent(encoder, getattr(vae_model, "quant_conv", None), x, run=encode)
+    stage1 = decode_latent(vae_model, control, run=decode)
+    center = encode_center_latent(vae_model, stage1, eps=eps, generator=generator, run=encode)
     return Stage1Result(control, stage1, center)

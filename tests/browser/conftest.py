@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ..server.conftest import _selected_runtimes, _stop
-from ..server.workflow_server import launch, make_image, tiny_models_root
+from ..server.conftest import _selected_runtimes
+from ..server.workflow_server import make_image, serving, tiny_models_root
 from ..workflow_tools import REPO, input_images, load_api, stems
 
 CHROMIUM = os.environ.get("SUPIR_CHROMIUM", "/usr/bin/chromium")
@@ -89,9 +89,7 @@ def _check_extensions_served(server) -> None:
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])
 def ui_server(request, tmp_path_factory, models_root):
     """A server per runtime with the tiny models and a small image under each workflow's input image name."""
-    started: list = []
-    try:
-        server = launch(request.param, tmp_path_factory, started, models_root)
+    with serving(request.param, tmp_path_factory, models_root) as server:
         inputs = server.log_path.parent / "input"
         for name in set().union(*(input_images(load_api(s)) for s in stems())):
             make_image(*INPUT_SIZE).save(inputs / name)
@@ -100,9 +98,6 @@ def ui_server(request, tmp_path_factory, models_root):
         settings.write_text(json.dumps({"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False}))
         _check_extensions_served(server)
         yield server
-    finally:
-        for process in started:
-            _stop(process)
 
 
 class Frontend:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import REPO, _selected_runtimes, _stop
-from .workflow_server import launch, make_image, tiny_models_root
+from .conftest import REPO, _selected_runtimes
+from .workflow_server import make_image, serving, tiny_models_root
 
 WORKFLOW = REPO / "workflows" / "api" / "basic_restore.json"
 # Small and quick on the tiny models: a short side of 64 px, 8 steps, no captioner (--prompt replaces it).
@@ -25,12 +25,8 @@ def models_root(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])
 def server(request, tmp_path_factory, models_root):
-    started: list = []
-    try:
-        yield launch(request.param, tmp_path_factory, started, models_root)
-    finally:
-        for process in started:
-            _stop(process)
+    with serving(request.param, tmp_path_factory, models_root) as server:
+        yield server
 
 
 def cli(server, *args) -> subprocess.CompletedProcess:

@@ -27,8 +27,8 @@ import pytest
 
 from ..workflow_tools import (TESTS, VIRTUAL_NODES, input_images, is_link, load_api, load_ui, stems, ui_widget_values,
                               value_problem, widget_inputs)
-from .conftest import _selected_runtimes, _stop
-from .workflow_server import (TINY_SDXL_NODE, check_image, launch, output_images, put_input_image, run,
+from .conftest import _selected_runtimes
+from .workflow_server import (TINY_SDXL_NODE, check_image, output_images, serving, put_input_image, run,
                               tiny_models_root)
 
 # Small images and short captions: the tiny models run in seconds at a short side of 64 px (the tiny random
@@ -122,15 +122,10 @@ def models_root(tmp_path_factory):
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])
 def server(request, tmp_path_factory, models_root):
     """A server per runtime with the tiny models and a small image under the workflows' input image names."""
-    started: list = []
-    try:
-        server = launch(request.param, tmp_path_factory, started, models_root)
+    with serving(request.param, tmp_path_factory, models_root) as server:
         for name in set().union(*(input_images(load_api(s)) for s in stems())):
             put_input_image(server, name, 64, 48)
         yield server
-    finally:
-        for process in started:
-            _stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +141,8 @@ def lora_server(request, tmp_path_factory, models_root):
     shutil.copytree(models_root, root, copy_function=os.link)
     (root / "custom_nodes").mkdir()
     (root / "custom_nodes" / "fsupir_test_tiny_sdxl.py").write_text(TINY_SDXL_NODE.format(tests=str(TESTS)))
-    started: list = []
-    try:
-        yield launch(request.param, tmp_path_factory, started, root)
-    finally:
-        for process in started:
-            _stop(process)
+    with serving(request.param, tmp_path_factory, root) as server:
+        yield server
 
 
 # --- runs ------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 the shipped workflows use, small input images, and running an API prompt to its end over HTTP."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -9,12 +10,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from ..workflow_tools import all_model_references, write_tiny_models
-from .conftest import ComfyServer, _launch
+from .conftest import ComfyServer, _launch, _stop
 
 RUN_TIMEOUT_S = 300
 
@@ -69,8 +71,15 @@ def tiny_models_root(tmp_path_factory) -> Path:
     return write_tiny_models(root / "models", all_model_references(), root / "cache")
 
 
-def launch(runtime: str, tmp_path_factory, started: list, models_root: Path) -> ComfyServer:
-    return _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root)
+@contextlib.contextmanager
+def serving(runtime: str, tmp_path_factory, models_root: Path) -> Iterator[ComfyServer]:
+    """A real ComfyUI of `runtime` with `models_root` as extra model paths, stopped when the block ends."""
+    started: list = []
+    try:
+        yield _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root)
+    finally:
+        for process in started:
+            _stop(process)
 
 
 def input_dir(server: ComfyServer) -> Path:

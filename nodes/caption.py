@@ -10,7 +10,7 @@ import folder_paths
 import comfy.utils
 
 from ..supir_modules import caption as cap
-from .common import CATEGORY
+from .common import CATEGORY, tile_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,7 @@ class FSUPIRLLaVACaption:
                                      "tooltip": "Caption each of the sampler's tiles of one image (for the "
                                                 "Conditioner's 'one per tile'); set tile_size/stride as on the "
                                                 "sampler."}),
-            "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64,
-                                  "tooltip": "The sampler's tile_size in pixels."}),
-            "tile_stride": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64,
-                                    "tooltip": "The sampler's tile_stride in pixels."}),
+            **tile_inputs("The sampler's tile_size in pixels.", "The sampler's tile_stride in pixels."),
         }}
 
     RETURN_TYPES = ("STRING",)

@@ -17,6 +17,16 @@ TILE_NORM_INPUT = (TILE_NORM_CHOICES, {"default": "whole image",
                                                   "official: as SUPIR's tilevae.py (visibly less exact)."})
 
 
+
+def tile_inputs(size_tooltip: str, stride_tooltip: str) -> dict:
+    """The sampler's tile_size / tile_stride widgets (pixels; official 1024 / 512). The caption node uses the same
+    ones, so its per-tile captions fall on exactly the sampler's windows."""
+    return {
+        "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64, "tooltip": size_tooltip}),
+        "tile_stride": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64, "tooltip": stride_tooltip}),
+    }
+
+
 def register_model_folder() -> None:
     """Make models/SUPIR a ComfyUI model folder (extra_model_paths.yaml may add more paths to it)."""
     default = os.path.join(folder_paths.models_dir, SUPIR_FOLDER)

@@ -7,7 +7,8 @@ import latent_preview
 
 from ..supir_modules.pipeline import TileOptions, sample
 from ..supir_modules.presets import CUSTOM, PRESETS, SAMPLERS, SamplerSettings, resolve_settings
-from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, check_supir_latents, check_supir_model
+from .common import (CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, check_supir_latents, check_supir_model,
+                     tile_inputs)
 
 logger = logging.getLogger(__name__)
 _D = SamplerSettings()  # widget defaults = the Fidelity preset
@@ -47,10 +48,8 @@ class FSUPIRSampler:
             "s_noise": _f(_D.s_noise, 0.0, 2.0, 0.001, "Noise scale of churn / SDE noise."),
             "eta": _f(_D.eta, 0.0, 1.0, 0.01, "DPM++ 2M's SDE noise (dpmpp_2m only)."),
             "tiled": ("BOOLEAN", {"default": False, "tooltip": "Sample in overlapping tiles (large images)."}),
-            "tile_size": ("INT", {"default": 1024, "min": 256, "max": 4096, "step": 64,
-                                  "tooltip": "Tile size in pixels (official 1024)."}),
-            "tile_stride": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 64,
-                                    "tooltip": "Distance between tiles in pixels (official 512); at most the tile."}),
+            **tile_inputs("Tile size in pixels (official 1024).",
+                          "Distance between tiles in pixels (official 512); at most the tile."),
         }}
 
     RETURN_TYPES = ("LATENT",)

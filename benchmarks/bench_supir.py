@@ -93,11 +93,11 @@ def build_models(shapes: dict, device, weight_dtype, num_head_channels: int = 64
     return supir, vae
 
 
-def _conditioning(supir, batch: int):
+def _conditioning(supir):
     import torch
 
     unet = supir.sdxl.model.diffusion_model
-    ctx = next(m.attn2.to_k.in_features for m in unet.modules() if hasattr(m, "attn2"))
+    ctx = _mod("unet").context_dim(unet)
     pooled = unet.label_emb[0][0].in_features - 6 * 256
     g = torch.Generator().manual_seed(1)
     entry = [torch.randn(1, 77, ctx, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]
@@ -127,7 +127,7 @@ def run_case(supir, vae, px: int, tiled: bool, steps: int) -> dict:
     _sync()
     t1 = time.perf_counter()
     latents = pipeline.SupirLatents(r.control_latent, r.center_latent, (px, px), supir.source)
-    pos, neg = _conditioning(supir, 1)
+    pos, neg = _conditioning(supir)
     settings = presets.PRESETS["Fidelity"]
     settings = presets.SamplerSettings(**{**settings.as_dict(), "steps": steps})
     tiles = pipeline.TileOptions(enabled=tiled, size=128, stride=64)

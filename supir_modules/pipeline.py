@@ -31,6 +31,7 @@ from .sampling import (
     sample_restore_edm,
 )
 from . import vae as vae_ops
+from .unet import context_dim
 from .vae import Stage1Result
 
 logger = logging.getLogger(__name__)
@@ -123,12 +124,7 @@ def conditioning_tensors(conditioning: list, model_base, what: str) -> list[Cond
 
 
 def _check_context(conds: list[Conditioning], unet, what: str) -> None:
-    want = getattr(unet, "context_dim", None)
-    # UNetModel keeps context_dim only inside its transformers: read it from the first cross-attention.
-    for m in unet.modules():
-        if hasattr(m, "attn2") and hasattr(m.attn2, "to_k"):
-            want = m.attn2.to_k.in_features
-            break
+    want = context_dim(unet)
     for c in conds:
         if want is not None and c.crossattn.shape[-1] != want:
             raise ValueError(f"{what} conditioning has width {c.crossattn.shape[-1]} but this SDXL model expects "

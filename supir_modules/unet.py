@@ -19,6 +19,11 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import Upsample, forward_tim
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 
+def context_dim(unet: nn.Module) -> int | None:
+    """Cross-attention (text context) width of a ComfyUI UNetModel, which keeps it only in its transformers."""
+    return next((m.attn2.to_k.in_features for m in unet.modules() if hasattr(m, "attn2")), None)
+
+
 def check_connectors_fit(unet: nn.Module, connectors: nn.ModuleList, n_control: int) -> None:
     """Raise ValueError when the connectors were made for another UNet layout."""
     n_up = sum(1 for m in unet.output_blocks if isinstance(m[-1], Upsample))

@@ -7,6 +7,8 @@ import shutil
 import pytest
 import torch
 
+from fsupir_under_test.supir_modules.unet import context_dim
+
 from ..tiny_models import (
     tiny_sdxl_state_dict,
     tiny_supir_state_dict,
@@ -49,7 +51,7 @@ def _eps(supir, seed=0):
 
     mm.load_models_gpu(supir.patchers_for_sampling())
     unet = supir.sdxl.model.diffusion_model
-    ctx = next(m.attn2.to_k.in_features for m in unet.modules() if hasattr(m, "attn2"))
+    ctx = context_dim(unet)
     adm = unet.label_emb[0][0].in_features
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 4, 16, 16, generator=g)

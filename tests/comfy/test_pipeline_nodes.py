@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+from fsupir_under_test.supir_modules.unet import context_dim
+
 from ..tiny_models import write_sdxl, write_supir_pruned
 
 SAMPLER_DEFAULTS = dict(preset="Custom", sampler="restore_edm", steps=3, cfg_scale=4.0, cfg_scale_start=1.0,
@@ -255,7 +257,7 @@ def test_adaptor_partial_low_vram_load_computes_the_same(chain):
 
     g = torch.Generator().manual_seed(0)
     unet = chain.supir.sdxl.model.diffusion_model
-    ctx = next(m.attn2.to_k.in_features for m in unet.modules() if hasattr(m, "attn2"))
+    ctx = context_dim(unet)
     args = (torch.randn(1, 4, 16, 16, generator=g), torch.tensor([400]), torch.randn(1, 77, ctx, generator=g),
             torch.randn(1, unet.label_emb[0][0].in_features, generator=g), torch.randn(1, 4, 16, 16, generator=g), 1.0)
     mm.load_models_gpu(chain.supir.patchers_for_sampling())

@@ -48,6 +48,8 @@ class DiscreteEpsDenoiser:
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.sigmas = sigma_table().to(device)
+        self._host_table = sigma_table()  # host_scalings() looks up here: never on the device
+        self._host_cache: dict[float, tuple[float, float, int]] = {}
 
     def to(self, device: torch.device | str) -> "DiscreteEpsDenoiser":
         self.sigmas = self.sigmas.to(device)
@@ -68,6 +70,19 @@ class DiscreteEpsDenoiser:
         c_in = 1.0 / (sigma_q ** 2 + 1.0) ** 0.5
         return sigma_q, c_in, idx
 
+    def host_scalings(self, sigma: float) -> tuple[float, float, int]:
+        """(sigma_q, c_in, timestep index) of one host sigma: the float32 numbers of `scalings`, computed on the
+        host from a CPU copy of the table, so a sampler step never waits on the device for them."""
+        key = float(sigma)
+        hit = self._host_cache.get(key)
+        if hit is None:
+            s = torch.tensor([key], dtype=torch.float32)
+            idx = int((s - self._host_table).abs().argmin())
+            sigma_q = self._host_table[idx:idx + 1]
+            c_in = 1.0 / (sigma_q ** 2 + 1.0) ** 0.5  # float32 arithmetic, as scalings()
+            hit = self._host_cache[key] = (float(sigma_q), float(c_in), idx)
+        return hit
+
     def __call__(self, eps_fn, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
         sigma = sigma.reshape(-1)
         if sigma.numel() == 1 and x.shape[0] != 1:
@@ -80,11 +95,20 @@ class DiscreteEpsDenoiser:
 
 
 def make_denoise(eps_network, denoiser: DiscreteEpsDenoiser | None = None):
-    """D(x, sigma, context, y, hint, control_scale) around `eps_network(x_in, t, context, y, hint, scale)`."""
+    """D(x, sigma, context, y, hint, control_scale) around `eps_network(x_in, t, context, y, hint, scale)`.
+
+    `sigma` is a host float (the sampler's schedule lives on the host): the table lookup and scalings are host
+    arithmetic and enter the device work as kernel scalars, and the timesteps are filled on the device, so a
+    call makes no host-device transfer (reference: D = x - sigma_q eps(c_in x, t_q), same float32 numbers as
+    `DiscreteEpsDenoiser.__call__`).
+    """
     den = denoiser if denoiser is not None else DiscreteEpsDenoiser()
 
-    def denoise(x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, y: torch.Tensor, hint: torch.Tensor,
+    def denoise(x: torch.Tensor, sigma: float, context: torch.Tensor, y: torch.Tensor, hint: torch.Tensor,
                 control_scale: float) -> torch.Tensor:
-        return den(lambda x_in, t: eps_network(x_in, t, context, y, hint, control_scale), x, sigma)
+        sigma_q, c_in, t = den.host_scalings(sigma)
+        timesteps = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = eps_network(x * c_in, timesteps, context, y, hint, control_scale)
+        return x - sigma_q * eps.to(x.dtype)
 
     return denoise

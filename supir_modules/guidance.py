@@ -48,18 +48,32 @@ class Conditioning:
     vector: torch.Tensor
 
 
-def cfg_denoise(denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float, cond: Conditioning,
-                uncond: Conditioning, hint: torch.Tensor, control_scale: float, cfg: CFGSchedule) -> torch.Tensor:
-    """D(x, sigma) with CFG in one batched call; both halves carry the same control latent `hint`.
+@dataclass
+class CFGInputs:
+    """The network's inputs besides x for one CFG call, batched [uncond; cond] once per sampling run (not per
+    step): context [2B,77,2048], vector [2B,2816] and the control latent twice [2B,4,h,w]."""
 
-    `denoise(x, sigma_tensor, context, y, hint, control_scale)` is the discrete eps denoiser around the
-    SUPIR network. `sigma` is a Python float (the schedule lives on the host: no device sync per step).
+    context: torch.Tensor
+    y: torch.Tensor
+    hint: torch.Tensor
+
+
+def cfg_inputs(cond: Conditioning, uncond: Conditioning, hint: torch.Tensor,
+               device: torch.device | str | None = None) -> CFGInputs:
+    """Both halves carry the same control latent `hint` (official batchify_sample)."""
+    device = hint.device if device is None else device
+    return CFGInputs(torch.cat([uncond.crossattn, cond.crossattn]).to(device),
+                     torch.cat([uncond.vector, cond.vector]).to(device),
+                     torch.cat([hint, hint]).to(device))
+
+
+def cfg_denoise(denoise: Callable[..., torch.Tensor], x: torch.Tensor, sigma: float, inputs: CFGInputs,
+                control_scale: float, cfg: CFGSchedule) -> torch.Tensor:
+    """D(x, sigma) with CFG in one batched call on [uncond; cond] (sgm VanillaCFG / LinearCFG).
+
+    `denoise(x, sigma, context, y, hint, control_scale)` is the discrete eps denoiser around the SUPIR network;
+    `sigma` is a host float, so nothing here waits on the device.
     """
-    b = x.shape[0]
-    x2 = torch.cat([x, x])
-    sigma2 = torch.full((2 * b,), sigma, dtype=torch.float32)
-    context = torch.cat([uncond.crossattn, cond.crossattn]).to(x.device)
-    y = torch.cat([uncond.vector, cond.vector]).to(x.device)
-    d = denoise(x2, sigma2, context, y, torch.cat([hint, hint]), control_scale)
+    d = denoise(torch.cat([x, x]), sigma, inputs.context, inputs.y, inputs.hint, control_scale)
     d_u, d_c = d.chunk(2)
     return d_u + cfg.weight(sigma) * (d_c - d_u)

@@ -16,7 +16,8 @@ import comfy.model_management as mm
 
 from . import colorfix, images, tiled_sampling, tiled_vae
 from .denoiser import legacy_ddpm_sigmas, make_denoise
-from .guidance import CFGSchedule, Conditioning, ControlSchedule, cfg_denoise
+from .cuda_graphs import CaptureBackend, CudaGraphBackend, GraphedNetwork, all_on_device
+from .guidance import CFGSchedule, Conditioning, ControlSchedule, cfg_denoise, cfg_inputs
 from .model import SupirModel
 from .presets import SamplerSettings
 from .prompts import SIZE_CONDITIONING
@@ -143,6 +144,45 @@ class TileOptions:
     stride: int = 64
 
 
+CUDA_GRAPH_CHOICES = ("auto", "off")
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """Fast paths of the sampler; each computes the plain path's function (tests/unit/test_fast_paths.py).
+
+    cuda_graph "auto": on CUDA with the models fully loaded, the network call is replayed from CUDA graphs
+    (checked against eager once, eager fallback; see cuda_graphs.py); "off": always eager.
+    tile_batch: windows per network call in tiled sampling (more is faster on big GPUs, needs more memory).
+    capture_backend: replaces CUDA graph capture (tests drive the graph bookkeeping on the CPU with it).
+    """
+
+    cuda_graph: str = "auto"
+    tile_batch: int = 1
+    capture_backend: Optional[CaptureBackend] = None
+
+    def validate(self) -> None:
+        if self.cuda_graph not in CUDA_GRAPH_CHOICES:
+            raise ValueError(f"cuda_graph must be one of {CUDA_GRAPH_CHOICES}, got {self.cuda_graph!r}")
+        if not isinstance(self.tile_batch, int) or self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be a whole number of at least 1, got {self.tile_batch!r}")
+
+
+def _network(supir: SupirModel, accel: Acceleration, device: torch.device):
+    """The network call of this run: eager `supir.eps`, or the same replayed from CUDA graphs."""
+    if accel.cuda_graph == "off":
+        return supir.eps
+    if accel.capture_backend is not None:
+        return GraphedNetwork(supir.eps, accel.capture_backend)
+    if device.type != "cuda":
+        return supir.eps
+    if not all_on_device([supir.sdxl.model.diffusion_model, supir.adaptor.model], device):
+        logger.info("SUPIR sampling eagerly: the models are only partly on the GPU (low VRAM), and a CUDA graph "
+                    "cannot capture the weight copies of a partial load")
+        return supir.eps
+    return GraphedNetwork(supir.eps, CudaGraphBackend())
+
+
 def _prompt_layout(n_pos: int, batch: int, n_windows: int, kind: str) -> str:
     if n_pos == 1:
         return "shared"
@@ -159,9 +199,14 @@ def _prompt_layout(n_pos: int, batch: int, n_windows: int, kind: str) -> str:
 @torch.no_grad()
 def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: list, settings: SamplerSettings,
            seed: int, tiles: TileOptions = TileOptions(), callback: StepCallback = None,
-           initial_noise: torch.Tensor | None = None) -> torch.Tensor:
-    """The restoration sampler on a batch; returns the final latent (scaled, as ComfyUI's LATENT) on the CPU."""
+           initial_noise: torch.Tensor | None = None, accel: Acceleration = Acceleration()) -> torch.Tensor:
+    """The restoration sampler on a batch; returns the final latent (scaled, as ComfyUI's LATENT) on the CPU.
+
+    Inside the step loop nothing waits on the device: the schedule, denoiser scalings and guidance weights are
+    host floats, the conditioning is batched once, and noise draws are copied asynchronously.
+    """
     settings.validate()
+    accel.validate()
     if latents.source != supir.source:
         raise ValueError(f"these SUPIR latents were encoded with {latents.source!r} but the sampler was given "
                          f"{supir.source!r}: connect the same SUPIR model to Encode and Sampler")
@@ -180,12 +225,13 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
         raise ValueError(f"{len(neg)} negative prompts for {len(pos)} positive ones: give one negative prompt")
 
     tile_h, tile_w = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
+    per_call = min(accel.tile_batch, len(windows)) if tiles.enabled else 1
     mm.load_models_gpu(supir.patchers_for_sampling(),
-                       memory_required=model_base.memory_required([2 * b, 4, tile_h, tile_w]) * 1.5)
+                       memory_required=model_base.memory_required([2 * b * per_call, 4, tile_h, tile_w]) * 1.5)
     device = mm.get_torch_device()
     control_latent = latents.control.to(device)
     center = latents.center.to(device)
-    denoise = make_denoise(supir.eps)
+    denoise = make_denoise(_network(supir, accel, device))
     cfg = CFGSchedule(settings.cfg_scale, settings.cfg_scale_start, settings.linear_cfg)
     control = ControlSchedule(settings.control_scale, settings.control_scale_start, settings.linear_control_scale)
     guidance = RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin)
@@ -199,8 +245,10 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
                             torch.cat([c.vector for c in conds]).to(device))
 
     def model_for(cond: Conditioning, uncond: Conditioning, hint: torch.Tensor):
+        inputs = cfg_inputs(cond, uncond, hint, device)  # batched once per run, not per step
+
         def model(x: torch.Tensor, sigma_hat: float, control_scale: float) -> torch.Tensor:
-            return cfg_denoise(denoise, x, sigma_hat, cond, uncond, hint, control_scale, cfg)
+            return cfg_denoise(denoise, x, sigma_hat, inputs, control_scale, cfg)
         return model
 
     if settings.sampler == "restore_edm":
@@ -231,19 +279,30 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
             out = sample_restore_dpmpp_2m(model, x, sigmas, eta=settings.eta, s_noise=settings.s_noise, **common)
     else:
         shared_pos, shared_neg = stacked(pos), stacked(neg)
+        group_models: dict[tuple[int, ...], Callable] = {}
 
-        def tile_model(j: int, win):
-            a, bb, c, d = win
-            cond = stacked([_per(pos, j)]) if layout == "tile" else shared_pos
-            uncond = stacked([_per(neg, j)]) if layout == "tile" and len(neg) > 1 else shared_neg
-            return model_for(cond, uncond, control_latent[:, :, a:bb, c:d])
+        def group_conditioning(group: tuple[int, ...], conds: list[Conditioning], shared: Conditioning,
+                               per_tile: bool) -> Conditioning:
+            parts = [stacked([_per(conds, j)]) if per_tile else shared for j in group]
+            return Conditioning(torch.cat([c.crossattn for c in parts]), torch.cat([c.vector for c in parts]))
+
+        def tile_model(group: tuple[int, ...]):
+            """The model of windows `group`, stacked on the batch dimension (built once per run)."""
+            if group not in group_models:
+                cond = group_conditioning(group, pos, shared_pos, layout == "tile")
+                uncond = group_conditioning(group, neg, shared_neg, layout == "tile" and len(neg) > 1)
+                hint = torch.cat([control_latent[:, :, a:bb, c:d] for a, bb, c, d in (windows[j] for j in group)])
+                group_models[group] = model_for(cond, uncond, hint)
+            return group_models[group]
 
         if settings.sampler == "restore_edm":
             churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
-            out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn, **common)
+            out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn,
+                                                          tile_batch=accel.tile_batch, **common)
         else:
             out = tiled_sampling.sample_tiled_restore_dpmpp_2m(tile_model, x, sigmas, windows=windows, eta=settings.eta,
-                                                               s_noise=settings.s_noise, **common)
+                                                               s_noise=settings.s_noise, tile_batch=accel.tile_batch,
+                                                               **common)
     return out.float().cpu()
 
 

@@ -64,12 +64,20 @@ def initial_latent(noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     return noise * torch.sqrt(1.0 + sigmas[0].to(noise.dtype) ** 2.0)
 
 
+def host_draw_to_device(draw: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A CPU noise draw on `like`'s device without stalling the host: on CUDA it is copied from pinned memory
+    asynchronously (a plain copy from pageable memory would wait for every queued kernel)."""
+    if like.device.type == "cuda":
+        draw = draw.pin_memory()
+    return draw.to(like.device, like.dtype, non_blocking=True)
+
+
 def generator_noise_sampler(seed: int, device: torch.device | str = "cpu") -> NoiseSampler:
     """Standard-normal draws from a CPU generator: the same numbers for a seed on every device."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
 
     def sample(i: int, like: torch.Tensor) -> torch.Tensor:
-        return torch.randn(like.shape, generator=gen, dtype=torch.float32).to(like.device, like.dtype)
+        return host_draw_to_device(torch.randn(like.shape, generator=gen, dtype=torch.float32), like)
 
     return sample
 
@@ -149,11 +157,13 @@ def brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int) -> 
     positive = sig[sig > 0]
     # The interval is widened by a hair: torchsde compares in float64 and would warn that the smallest sigma, a
     # float32, lies just outside it.
-    tree = BrownianTreeNoiseSampler(x, positive.min() * (1 - 1e-5), positive.max() * (1 + 1e-5), seed=int(seed),
-                                    cpu=True)
+    # The tree lives on the CPU (as ComfyUI's cpu=True); it only needs x's shape, so it is not handed the device
+    # tensor (which it would copy back to the host).
+    tree = BrownianTreeNoiseSampler(torch.zeros(x.shape, dtype=torch.float32), positive.min() * (1 - 1e-5),
+                                    positive.max() * (1 + 1e-5), seed=int(seed), cpu=True)
 
     def sample(i: int, like: torch.Tensor) -> torch.Tensor:
-        return tree(sig[i], sig[i + 1]).to(like.device, like.dtype)
+        return host_draw_to_device(tree(sig[i], sig[i + 1]), like)
 
     return sample
 

@@ -4,7 +4,8 @@ sgm/modules/diffusionmodules/sampling.py.
 Every step walks sliding windows over the latent (tile 128, stride 64 by default, plus a last window flush with
 each edge); each window is stepped with its own control latent, centre latent and (optionally) prompt, and the
 results are blended with fixed gaussian weights: x = sum(w x_j) / sum(w). One full-size noise draw per step
-is sliced per window, so overlapping windows see the same noise.
+is sliced per window, so overlapping windows see the same noise. Windows can be stepped `tile_batch` at a time
+in one network call (stacked on the batch dimension): every step is per-sample, so the result is the same.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .sampling import (
 )
 
 Window = tuple[int, int, int, int]  # (h0, h1, w0, w1) in latent pixels
-TileModel = Callable[[int, Window], Model]
+TileModel = Callable[[tuple[int, ...]], Model]  # window indices -> model on them, stacked
 
 
 def sliding_windows(h: int, w: int, tile: int, stride: int) -> list[Window]:
@@ -60,22 +61,39 @@ def gaussian_weights(tile_h: int, tile_w: int) -> torch.Tensor:
     return torch.tensor(np.outer(ys, xs), dtype=torch.float32)
 
 
-def _weight_sum(x: torch.Tensor, windows: list[Window], weights: torch.Tensor) -> torch.Tensor:
-    count = torch.zeros_like(x)
-    w = weights.to(x.device, x.dtype)
-    for h0, h1, w0, w1 in windows:
-        count[:, :, h0:h1, w0:w1] += w
-    return count
+def window_groups(n_windows: int, tile_batch: int) -> list[tuple[int, ...]]:
+    """Window indices in network calls of up to `tile_batch` windows each (1 = the official one by one)."""
+    if tile_batch < 1:
+        raise ValueError(f"tile_batch must be at least 1, got {tile_batch}")
+    return [tuple(range(i, min(i + tile_batch, n_windows))) for i in range(0, n_windows, tile_batch)]
 
 
-def _blend(x: torch.Tensor, windows: list[Window], step_tile: Callable[[int, Window], torch.Tensor],
-           weights: torch.Tensor) -> torch.Tensor:
-    acc = torch.zeros_like(x)
-    w = weights.to(x.device, x.dtype)
-    for j, win in enumerate(windows):
-        h0, h1, w0, w1 = win
-        acc[:, :, h0:h1, w0:w1] += step_tile(j, win) * w
-    return acc / _weight_sum(x, windows, weights)
+class _Tiles:
+    """Slicing, stacking and blending for one sampling run; the blend weights and their sum live on the
+    device once, instead of being copied there for every tile of every step."""
+
+    def __init__(self, x: torch.Tensor, windows: list[Window], tile_batch: int):
+        self.windows = windows
+        self.groups = window_groups(len(windows), tile_batch)
+        h0, h1, w0, w1 = windows[0]
+        self.weights = gaussian_weights(h1 - h0, w1 - w0).to(x.device, x.dtype)
+        weight_sum = torch.zeros_like(x)
+        for a, b, c, d in windows:
+            weight_sum[:, :, a:b, c:d] += self.weights
+        self.weight_sum = weight_sum
+
+    def stack(self, t: torch.Tensor | None, group: tuple[int, ...]) -> torch.Tensor | None:
+        """The group's windows of `t`, stacked on the batch dimension (window-major)."""
+        if t is None:
+            return None
+        return torch.cat([t[:, :, a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
+
+    def add(self, acc: torch.Tensor, stacked: torch.Tensor, group: tuple[int, ...]) -> None:
+        for (a, b, c, d), part in zip((self.windows[j] for j in group), stacked.chunk(len(group))):
+            acc[:, :, a:b, c:d] += part * self.weights
+
+    def blend(self, acc: torch.Tensor) -> torch.Tensor:
+        return acc / self.weight_sum
 
 
 @torch.no_grad()
@@ -83,29 +101,25 @@ def sample_tiled_restore_edm(tile_model: TileModel, x: torch.Tensor, sigmas: tor
                              noise_sampler: NoiseSampler, churn: Churn = Churn(),
                              guidance: RestorationGuidance = RestorationGuidance(),
                              control: ControlSchedule = ControlSchedule(), x_center: torch.Tensor | None = None,
-                             callback: Callback = None) -> torch.Tensor:
+                             callback: Callback = None, tile_batch: int = 1) -> torch.Tensor:
+    """`tile_model(group)` is the model of the windows `group` (indices), stacked on the batch dimension."""
     sig = float_schedule(sigmas)
     n = len(sig) - 1
-    h0, h1, w0, w1 = windows[0]
-    weights = gaussian_weights(h1 - h0, w1 - w0)
+    tiles = _Tiles(x, windows, tile_batch)
     for i in range(n):
         gamma = churn.gamma(sig[i], n)
         noise = noise_sampler(i, x)  # drawn every step, as the official tiled sampler does
-        denoised_acc = torch.zeros_like(x)
-
-        def step_tile(j: int, win: Window) -> torch.Tensor:
-            a, b, c, d = win
-            center = x_center[:, :, a:b, c:d] if x_center is not None else None
-            out, den, _ = restore_edm_step(tile_model(j, win), x[:, :, a:b, c:d], sig[i], sig[i + 1], gamma, churn,
-                                           guidance, control, center, noise[:, :, a:b, c:d])
-            denoised_acc[:, :, a:b, c:d] += den * weights.to(x.device, x.dtype)
-            return out
-
-        x_next = _blend(x, windows, step_tile, weights)
+        x_acc, denoised_acc = torch.zeros_like(x), torch.zeros_like(x)
+        for group in tiles.groups:
+            out, den, _ = restore_edm_step(tile_model(group), tiles.stack(x, group), sig[i], sig[i + 1], gamma,
+                                           churn, guidance, control, tiles.stack(x_center, group),
+                                           tiles.stack(noise, group))
+            tiles.add(x_acc, out, group)
+            tiles.add(denoised_acc, den, group)
         if callback is not None:
-            denoised = denoised_acc / _weight_sum(x, windows, weights)
-            callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i] * (gamma + 1.0), "denoised": denoised})
-        x = x_next
+            callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i] * (gamma + 1.0),
+                      "denoised": tiles.blend(denoised_acc)})
+        x = tiles.blend(x_acc)
     return x
 
 
@@ -114,28 +128,22 @@ def sample_tiled_restore_dpmpp_2m(tile_model: TileModel, x: torch.Tensor, sigmas
                                   windows: list[Window], noise_sampler: NoiseSampler, eta: float = 1.0,
                                   s_noise: float = 1.0, guidance: RestorationGuidance = RestorationGuidance(),
                                   control: ControlSchedule = ControlSchedule(),
-                                  x_center: torch.Tensor | None = None, callback: Callback = None) -> torch.Tensor:
+                                  x_center: torch.Tensor | None = None, callback: Callback = None,
+                                  tile_batch: int = 1) -> torch.Tensor:
     sig = float_schedule(sigmas)
-    h0, h1, w0, w1 = windows[0]
-    weights = gaussian_weights(h1 - h0, w1 - w0)
+    tiles = _Tiles(x, windows, tile_batch)
     old = None
     for i in range(len(sig) - 1):
         noise = noise_sampler(i, x) if (i > 0 and sig[i + 1] > 0 and eta) else torch.zeros_like(x)
-        denoised_acc = torch.zeros_like(x)
-
-        def step_tile(j: int, win: Window) -> torch.Tensor:
-            a, b, c, d = win
-            center = x_center[:, :, a:b, c:d] if x_center is not None else None
-            old_tile = old[:, :, a:b, c:d] if old is not None else None
-            out, den = dpmpp_2m_step(tile_model(j, win), x[:, :, a:b, c:d], sig[i], sig[i + 1],
-                                     sig[i - 1] if i > 0 else None, old_tile, eta, s_noise, guidance, control,
-                                     center, noise[:, :, a:b, c:d])
-            denoised_acc[:, :, a:b, c:d] += den * weights.to(x.device, x.dtype)
-            return out
-
-        x_next = _blend(x, windows, step_tile, weights)
-        old = denoised_acc / _weight_sum(x, windows, weights)
+        x_acc, denoised_acc = torch.zeros_like(x), torch.zeros_like(x)
+        for group in tiles.groups:
+            out, den = dpmpp_2m_step(tile_model(group), tiles.stack(x, group), sig[i], sig[i + 1],
+                                     sig[i - 1] if i > 0 else None, tiles.stack(old, group), eta, s_noise, guidance,
+                                     control, tiles.stack(x_center, group), tiles.stack(noise, group))
+            tiles.add(x_acc, out, group)
+            tiles.add(denoised_acc, den, group)
+        old = tiles.blend(denoised_acc)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": old})
-        x = x_next
+        x = tiles.blend(x_acc)
     return x

@@ -40,10 +40,10 @@ def run_replay(p, denoise, settings, x_center):
     c = p.case
     cond = g.Conditioning(c["cond_crossattn"], c["cond_vector"])
     uncond = g.Conditioning(c["uncond_crossattn"], c["uncond_vector"])
-    hint = c["control_latent"]
+    inputs = g.cfg_inputs(cond, uncond, c["control_latent"])
 
     def model(x, sigma_hat, control_scale):
-        return g.cfg_denoise(denoise, x, sigma_hat, cond, uncond, hint, control_scale, settings["cfg"])
+        return g.cfg_denoise(denoise, x, sigma_hat, inputs, control_scale, settings["cfg"])
 
     seen = []
     sigmas = c["sigmas"].float()

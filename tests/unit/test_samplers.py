@@ -152,7 +152,7 @@ def test_one_window_tiled_equals_untiled(sampler):
         x = s.initial_latent(torch.randn(1, 4, 8, 12), sig)
         plain = s.sample_restore_edm(Toy(target), x, sig, noise_sampler=s.generator_noise_sampler(3),
                                      churn=s.Churn(s_churn=5.0), guidance=rg, x_center=center)
-        tiled = ts.sample_tiled_restore_edm(lambda j, win: Toy(target), x, sig, windows=[(0, 8, 0, 12)],
+        tiled = ts.sample_tiled_restore_edm(lambda group: Toy(target), x, sig, windows=[(0, 8, 0, 12)],
                                             noise_sampler=s.generator_noise_sampler(3), churn=s.Churn(s_churn=5.0),
                                             guidance=rg, x_center=center)
     else:
@@ -160,7 +160,7 @@ def test_one_window_tiled_equals_untiled(sampler):
         x = s.initial_latent(torch.randn(1, 4, 8, 12), sig)
         plain = s.sample_restore_dpmpp_2m(Toy(target), x, sig, noise_sampler=s.generator_noise_sampler(3),
                                           guidance=rg, x_center=center)
-        tiled = ts.sample_tiled_restore_dpmpp_2m(lambda j, win: Toy(target), x, sig, windows=[(0, 8, 0, 12)],
+        tiled = ts.sample_tiled_restore_dpmpp_2m(lambda group: Toy(target), x, sig, windows=[(0, 8, 0, 12)],
                                                  noise_sampler=s.generator_noise_sampler(3), guidance=rg,
                                                  x_center=center)
     assert torch.allclose(plain, tiled, rtol=1e-5, atol=1e-5)
@@ -175,10 +175,10 @@ def test_tiles_get_their_own_slices_and_blend_without_seams():
     windows = ts.sliding_windows(16, 40, 16, 8)
     seen = []
 
-    def tile_model(j, win):
-        a, b, c, d = win
-        seen.append(win)
-        return lambda xt, sigma, cs: 0.5 * xt + target[:, :, a:b, c:d]
+    def tile_model(group):
+        seen.extend(windows[j] for j in group)
+        targets = torch.cat([target[:, :, a:b, c:d] for a, b, c, d in (windows[j] for j in group)])
+        return lambda xt, sigma, cs: 0.5 * xt + targets
 
     tiled = ts.sample_tiled_restore_edm(tile_model, x, sig, windows=windows, noise_sampler=zeros_noise)
     plain = s.sample_restore_edm(Toy(target), x, sig, noise_sampler=zeros_noise)

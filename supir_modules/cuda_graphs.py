@@ -96,6 +96,10 @@ class GraphedNetwork:
         captured.replay()
         return captured.out.clone()
 
+    def release(self) -> None:
+        """Drop the graphs and their buffers (end of the run)."""
+        self.graphs.clear()
+
     def _capture(self, key: tuple, args: list[torch.Tensor], control_scale: float) -> torch.Tensor:
         inputs = [a.clone() for a in args]
         scale = torch.full((), float(control_scale), dtype=torch.float32, device=args[0].device)

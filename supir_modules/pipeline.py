@@ -231,7 +231,8 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
     device = mm.get_torch_device()
     control_latent = latents.control.to(device)
     center = latents.center.to(device)
-    denoise = make_denoise(_network(supir, accel, device))
+    network = _network(supir, accel, device)
+    denoise = make_denoise(network)
     cfg = CFGSchedule(settings.cfg_scale, settings.cfg_scale_start, settings.linear_cfg)
     control = ControlSchedule(settings.control_scale, settings.control_scale_start, settings.linear_control_scale)
     guidance = RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin)
@@ -270,39 +271,43 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
             callback(d["i"], steps, d["x"], d["denoised"])
 
     common = dict(noise_sampler=noise_sampler, guidance=guidance, control=control, x_center=center, callback=on_step)
-    if not tiles.enabled:
-        model = model_for(stacked(pos), stacked(neg), control_latent)
-        if settings.sampler == "restore_edm":
-            churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
-            out = sample_restore_edm(model, x, sigmas, churn=churn, **common)
+    try:
+        if not tiles.enabled:
+            model = model_for(stacked(pos), stacked(neg), control_latent)
+            if settings.sampler == "restore_edm":
+                churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
+                out = sample_restore_edm(model, x, sigmas, churn=churn, **common)
+            else:
+                out = sample_restore_dpmpp_2m(model, x, sigmas, eta=settings.eta, s_noise=settings.s_noise, **common)
         else:
-            out = sample_restore_dpmpp_2m(model, x, sigmas, eta=settings.eta, s_noise=settings.s_noise, **common)
-    else:
-        shared_pos, shared_neg = stacked(pos), stacked(neg)
-        group_models: dict[tuple[int, ...], Callable] = {}
+            shared_pos, shared_neg = stacked(pos), stacked(neg)
+            group_models: dict[tuple[int, ...], Callable] = {}
 
-        def group_conditioning(group: tuple[int, ...], conds: list[Conditioning], shared: Conditioning,
-                               per_tile: bool) -> Conditioning:
-            parts = [stacked([_per(conds, j)]) if per_tile else shared for j in group]
-            return Conditioning(torch.cat([c.crossattn for c in parts]), torch.cat([c.vector for c in parts]))
+            def group_conditioning(group: tuple[int, ...], conds: list[Conditioning], shared: Conditioning,
+                                   per_tile: bool) -> Conditioning:
+                parts = [stacked([_per(conds, j)]) if per_tile else shared for j in group]
+                return Conditioning(torch.cat([c.crossattn for c in parts]), torch.cat([c.vector for c in parts]))
 
-        def tile_model(group: tuple[int, ...]):
-            """The model of windows `group`, stacked on the batch dimension (built once per run)."""
-            if group not in group_models:
-                cond = group_conditioning(group, pos, shared_pos, layout == "tile")
-                uncond = group_conditioning(group, neg, shared_neg, layout == "tile" and len(neg) > 1)
-                hint = torch.cat([control_latent[:, :, a:bb, c:d] for a, bb, c, d in (windows[j] for j in group)])
-                group_models[group] = model_for(cond, uncond, hint)
-            return group_models[group]
+            def tile_model(group: tuple[int, ...]):
+                """The model of windows `group`, stacked on the batch dimension (built once per run)."""
+                if group not in group_models:
+                    cond = group_conditioning(group, pos, shared_pos, layout == "tile")
+                    uncond = group_conditioning(group, neg, shared_neg, layout == "tile" and len(neg) > 1)
+                    hint = torch.cat([control_latent[:, :, a:bb, c:d] for a, bb, c, d in (windows[j] for j in group)])
+                    group_models[group] = model_for(cond, uncond, hint)
+                return group_models[group]
 
-        if settings.sampler == "restore_edm":
-            churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
-            out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn,
-                                                          tile_batch=accel.tile_batch, **common)
-        else:
-            out = tiled_sampling.sample_tiled_restore_dpmpp_2m(tile_model, x, sigmas, windows=windows, eta=settings.eta,
-                                                               s_noise=settings.s_noise, tile_batch=accel.tile_batch,
-                                                               **common)
+            if settings.sampler == "restore_edm":
+                churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
+                out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn,
+                                                              tile_batch=accel.tile_batch, **common)
+            else:
+                out = tiled_sampling.sample_tiled_restore_dpmpp_2m(tile_model, x, sigmas, windows=windows, eta=settings.eta,
+                                                                   s_noise=settings.s_noise, tile_batch=accel.tile_batch,
+                                                                   **common)
+    finally:
+        if isinstance(network, GraphedNetwork):
+            network.release()  # the graphs' memory pool goes now, not whenever Python collects it
     return out.float().cpu()
 
 

@@ -17,7 +17,7 @@ import comfy.model_patcher
 from .adaptor import GLVControl, build_connectors
 from .config import SDXL_HEAD_CHANNELS, ControlConfig, EncoderConfig, connector_configs_from_state_dict
 from .dtypes import model_compute_dtype, resolve_weight_dtype
-from .ops import pick_operations
+from .ops import fp8_optimizations, pick_operations
 from .unet import check_connectors_fit, supir_unet_forward
 from .vae import DegradationRobustEncoder
 
@@ -58,14 +58,19 @@ def _load_checked(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, 
 
 def build_adaptor(control_sd: Mapping[str, torch.Tensor], connector_sd: Mapping[str, torch.Tensor], path: str,
                   weight_dtype: torch.dtype, compute_dtype: torch.dtype, device: torch.device | str = "cpu",
-                  num_head_channels: int = SDXL_HEAD_CHANNELS) -> SupirAdaptor:
-    """Build the adaptor from its (prefix-stripped) weights, configuration read from their shapes."""
+                  num_head_channels: int = SDXL_HEAD_CHANNELS, load_device: torch.device | None = None,
+                  fp8_matmul: bool = False) -> SupirAdaptor:
+    """Build the adaptor from its (prefix-stripped) weights, configuration read from their shapes.
+
+    The layers are built on `device` with ComfyUI's operations for `load_device`, the device they compute on
+    (`fp8_matmul`: fp8 matrix multiplication there for fp8-stored weights, as the SDXL model has it).
+    """
     try:
         control_cfg = ControlConfig.from_state_dict(control_sd, num_head_channels=num_head_channels)
         connector_cfgs = connector_configs_from_state_dict(connector_sd)
     except (KeyError, ValueError) as e:
         raise SupirLoadError(f"{path}: cannot read the SUPIR adaptor's layout: {e}") from None
-    ops = pick_operations(weight_dtype, compute_dtype)
+    ops = pick_operations(weight_dtype, compute_dtype, load_device=load_device, fp8_matmul=fp8_matmul)
     adaptor = SupirAdaptor(control_cfg, connector_cfgs, dtype=weight_dtype, device=device, operations=ops)
     _load_checked(adaptor.control_model, control_sd, "GLVControl", path)
     _load_checked(adaptor.project_modules, connector_sd, "connector", path)
@@ -139,8 +144,10 @@ def make_supir_model(sdxl_patcher, vae, control_sd: Mapping[str, torch.Tensor],
     weight_dtype = resolve_weight_dtype(weight_dtype_choice, load_device, params)
     # The UNet walk runs in the control features' dtype, so the adaptor must compute in the UNet's dtype.
     compute_dtype = model_compute_dtype(sdxl_patcher.model)
+    # The adaptor's fp8 layers multiply in fp8 when the SDXL model's do (its loader's fp8_e4m3fn_fast).
     adaptor = build_adaptor(control_sd, connector_sd, path, weight_dtype, compute_dtype, offload_device,
-                            num_head_channels=num_head_channels)
+                            num_head_channels=num_head_channels, load_device=load_device,
+                            fp8_matmul=fp8_optimizations(sdxl_patcher.model))
     check_connectors_fit(sdxl_patcher.model.diffusion_model, adaptor.project_modules,
                          len(adaptor.control_model.config.feature_channels()))
     adaptor_patcher = comfy.model_patcher.ModelPatcher(adaptor, load_device=load_device, offload_device=offload_device)

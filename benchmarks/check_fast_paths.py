@@ -38,29 +38,15 @@ logger = logging.getLogger("check_fast_paths")
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "fp8_e4m3fn": 1e-2, "bf16": 5e-2}
 
 
-class RecomputeBackend:
-    """CPU stand-in for CUDA graph capture (the `CaptureBackend` protocol): "replay" recomputes from the static
-    input buffers into the static output, so the copies in and out are exercised as with a real graph."""
-
-    def capture(self, run):
-        reference = run().clone()
-        out = run()
-
-        def replay():
-            out.copy_(run())
-
-        return replay, out, reference
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
     cuda_graph: str
     tile_batch: int = 1
-    stand_in: bool = False  # capture with RecomputeBackend
+    stand_in: bool = False  # capture with cuda_graphs.RecomputingCapture (CPU runs)
 
     def accel(self, Acceleration):
-        extra = {"capture_backend": RecomputeBackend()} if self.stand_in else {}
+        extra = {"capture_backend": bench.mod("cuda_graphs").RecomputingCapture()} if self.stand_in else {}
         return Acceleration(cuda_graph=self.cuda_graph, tile_batch=self.tile_batch, **extra)
 
 

@@ -61,7 +61,7 @@ def check_supir_model(value) -> None:
 
 
 def check_supir_latents(value) -> None:
-    from ..supir_modules.pipeline import SupirLatents
+    from ..supir_modules.latents import SupirLatents
 
     if not isinstance(value, SupirLatents):
         raise TypeError(f"expected SUPIR latents (from SUPIR Degradation-Robust Encode), got {type(value).__name__}")

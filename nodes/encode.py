@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..supir_modules import images
-from ..supir_modules.pipeline import SupirLatents, run_stage1
+from ..supir_modules.latents import SupirLatents
+from ..supir_modules.pipeline import run_stage1
 from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, TILE_NORM_INPUT, check_supir_model
 
 MIN_INPUT_SIDE = 64

@@ -5,7 +5,7 @@ import logging
 
 import latent_preview
 
-from ..supir_modules.pipeline import CUDA_GRAPH_CHOICES, Acceleration, TileOptions, sample
+from ..supir_modules.restore_sampler import CUDA_GRAPH_CHOICES, Acceleration, TileOptions, sample
 from ..supir_modules.presets import CUSTOM, PRESETS, SAMPLERS, SamplerSettings, resolve_settings
 from .common import (CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, check_supir_latents, check_supir_model,
                      tile_inputs)
@@ -57,7 +57,7 @@ class FSUPIRSampler:
                                               "from a CUDA graph (much less launch overhead; checked against the "
                                               "plain step once, falls back by itself). off: plain PyTorch."}),
             "tile_batch": ("INT", {"default": 1, "min": 1, "max": 64,
-                                   "tooltip": "Tiled sampling: tiles per network call. Same result; more is faster "
+                                   "tooltip": "Tiled sampling: tiles per network call. Same result (up to float rounding); more is faster "
                                               "on big GPUs and needs proportionally more memory."}),
         }}
 

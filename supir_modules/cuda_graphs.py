@@ -12,8 +12,8 @@ captures the network once per input shape (tiles share one shape) and replays it
 - graphs live for one run only: ComfyUI may offload and reload the weights between runs, which moves them,
   and a graph would keep reading the old addresses.
 
-The capture mechanics are behind `CaptureBackend`, so the buffer bookkeeping is tested on the CPU with a
-backend that "replays" by recomputing from the static buffers.
+The capture mechanics are behind `CaptureBackend`, so the buffer bookkeeping is tested on the CPU with
+`RecomputingCapture`, which "replays" by recomputing from the static buffers.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class CudaGraphBackend:
     """torch.cuda.CUDAGraph capture as PyTorch documents it: warm-up on a side stream, then capture; all
     graphs of a run share one memory pool (they are replayed one at a time and outputs are cloned)."""
 
-    def __init__(self, warmup: int = 2):
+    def __init__(self, warmup: int = 1):
         self.warmup = warmup
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -54,10 +54,43 @@ class CudaGraphBackend:
                 reference = run()
         torch.cuda.current_stream().wait_stream(side)
         reference = reference.clone()
+        # The warm-up's activations stay cached for the side stream, and the allocator cannot give cached blocks
+        # back while a capture is under way: hand them back now, or a tight GPU runs out of memory capturing.
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             static_out = run()
         return graph.replay, static_out, reference
+
+
+class RecomputingCapture:
+    """A stand-in for CUDA graph capture on any device: "replay" recomputes the captured function from the static
+    input buffers into the same static output tensor, which is what a graph's replay amounts to. Bookkeeping
+    errors (an input not copied into its buffer, the static output handed out uncopied) give wrong numbers
+    with it as they would on the GPU; the tests and `benchmarks/check_fast_paths.py --tiny` run on it.
+
+    `fail` is raised at capture (as an op that cannot be captured would); `corrupt` makes replays add 1 (a
+    capture that does not compute what eager does)."""
+
+    def __init__(self, fail: Exception | None = None, corrupt: bool = False):
+        self.fail = fail
+        self.corrupt = corrupt
+        self.captures = 0
+        self.replays = 0
+
+    def capture(self, run):
+        if self.fail is not None:
+            raise self.fail
+        reference = run().clone()
+        out = run()
+        self.captures += 1
+
+        def replay():
+            self.replays += 1
+            out.copy_(run() + (1.0 if self.corrupt else 0.0))
+
+        return replay, out, reference
 
 
 @dataclass

@@ -1,38 +1,11 @@
-"""CPU-side probes for the sampler's fast paths.
-
-`RecomputingCapture`: a CPU stand-in for CUDA graph capture, to test the bookkeeping around it
-(cuda_graphs.GraphedNetwork).
-
-A CUDA graph replays fixed kernels on fixed memory: it reads the static input buffers and overwrites the static
-output buffer. `RecomputingCapture` models exactly that: `replay()` recomputes the captured function from the
-static buffers into the same output tensor. A wrapper that forgot to copy an input into its buffer, or handed
-out the static output without a copy, gives wrong numbers here as it would on the GPU.
+"""CPU-side probe for the sampler's fast paths: `DeviceTraffic` records what would make the host wait for an
+accelerator, with the meta device standing in for it (every op runs for shapes only). The CUDA-graph stand-in
+is the pack's own `cuda_graphs.RecomputingCapture`.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-
-
-class RecomputingCapture:
-    def __init__(self, fail: Exception | None = None, corrupt: bool = False):
-        self.fail = fail  # raise this at capture (as an uncapturable op would)
-        self.corrupt = corrupt  # replays add 1 (a capture that does not compute what eager does)
-        self.captures = 0
-        self.replays = 0
-
-    def capture(self, run):
-        if self.fail is not None:
-            raise self.fail
-        reference = run().clone()
-        out = run()
-        self.captures += 1
-
-        def replay():
-            self.replays += 1
-            out.copy_(run() + (1.0 if self.corrupt else 0.0))
-
-        return replay, out, reference
 
 
 class DeviceTraffic(TorchDispatchMode):

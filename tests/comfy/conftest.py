@@ -128,3 +128,28 @@ def models_dir(tmp_path, comfy_pack):
         if path in paths:
             paths.remove(path)
     _clear_filename_cache(folder_paths)
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory) -> dict:
+    """A tiny SDXL checkpoint and a pruned SUPIR file in the official key layout, written once per session
+    (models_dir-relative path -> file)."""
+    from ..tiny_models import write_sdxl, write_supir_pruned
+
+    root = tmp_path_factory.mktemp("tiny_files")
+    return {"checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
+            "SUPIR/SUPIR-tiny.safetensors": write_supir_pruned(root / "SUPIR-tiny.safetensors")}
+
+
+@pytest.fixture
+def tiny_supir(models_dir, tiny_files, node_mappings):
+    """(SUPIR model, CLIP, VAE) from the SUPIR Loader node on the tiny files, in fp32; ComfyUI's loaded models
+    are unloaded afterwards."""
+    import os
+
+    import comfy.model_management as mm
+
+    for rel, src in tiny_files.items():
+        os.link(src, models_dir / rel)
+    yield node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
+    mm.unload_all_models()

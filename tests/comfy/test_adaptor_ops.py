@@ -16,7 +16,7 @@ import torch
 from fsupir_under_test.supir_modules import checkpoint, model, ops
 from fsupir_under_test.supir_modules.config import ControlConfig
 
-from ..tiny_models import tiny_sdxl_state_dict, tiny_supir_state_dict, write_sdxl, write_supir_pruned
+from ..tiny_models import tiny_sdxl_state_dict, tiny_supir_state_dict
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 needs_fp8 = pytest.mark.skipif(FP8 is None, reason=f"torch {torch.__version__} has no float8_e4m3fn")
@@ -132,20 +132,6 @@ def test_cpu_without_fp8_compute_is_exactly_manual_cast(parts):
 
 
 # --- through the loader: the adaptor follows the SDXL MODEL ------------------------------------------------
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    root = tmp_path_factory.mktemp("written")
-    return {"checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
-            "SUPIR/SUPIR-tiny.safetensors": write_supir_pruned(root / "SUPIR-tiny.safetensors")}
-
-
-@pytest.fixture
-def loaded(models_dir, written, node_mappings):
-    import os
-
-    for rel, src in written.items():
-        os.link(src, models_dir / rel)
-    return node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
 
 
 def _rewrap(supir, vae, parts, choice: str):
@@ -155,9 +141,9 @@ def _rewrap(supir, vae, parts, choice: str):
 
 @needs_fp8
 @needs_fp8_ops
-def test_make_supir_model_follows_the_sdxl_models_fp8_matmul(loaded, parts, fp8_compute, monkeypatch):
+def test_make_supir_model_follows_the_sdxl_models_fp8_matmul(tiny_supir, parts, fp8_compute, monkeypatch):
     import comfy.model_management as mm
-    supir, _, vae = loaded
+    supir, _, vae = tiny_supir
     seen = []
     real = comfy.ops.pick_operations
 
@@ -176,8 +162,8 @@ def test_make_supir_model_follows_the_sdxl_models_fp8_matmul(loaded, parts, fp8_
     _expect(_rewrap(supir, vae, parts, "fp16").adaptor.model, comfy.ops.manual_cast)  # fp32 compute on the CPU
 
 
-def test_sdxl_models_without_the_flag(loaded):
+def test_sdxl_models_without_the_flag(tiny_supir):
     """2024-03 model configs have no `optimizations`; objects that are no ComfyUI model have no config."""
-    supir, _, _ = loaded
+    supir, _, _ = tiny_supir
     assert ops.fp8_optimizations(supir.sdxl.model) is False
     assert ops.fp8_optimizations(object()) is False

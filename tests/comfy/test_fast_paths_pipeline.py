@@ -7,17 +7,18 @@ import pytest
 import torch
 
 from fsupir_under_test.supir_modules import pipeline
+from fsupir_under_test.supir_modules.cuda_graphs import RecomputingCapture
 from fsupir_under_test.supir_modules.presets import SamplerSettings
 
-from ..fast_path_probes import DeviceTraffic, RecomputingCapture
-from .test_pipeline_nodes import Chain, image, loaded, written  # noqa: F401 - fixtures
+from ..fast_path_probes import DeviceTraffic
+from .test_pipeline_nodes import Chain, image
 
 SETTINGS = SamplerSettings("restore_edm", 4, 4.0, 1.0, True, 0.9, 0.5, True, 4.0, 0.05, 5.0, 1.01, 1.0)
 
 
 @pytest.fixture
-def chain(node_mappings, loaded):  # noqa: F811 - the imported fixture
-    return Chain(node_mappings, loaded)
+def chain(node_mappings, tiny_supir):
+    return Chain(node_mappings, tiny_supir)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -9,27 +9,12 @@ import torch
 
 from fsupir_under_test.supir_modules.unet import context_dim
 
-from ..tiny_models import write_sdxl, write_supir_pruned
 
 SAMPLER_DEFAULTS = dict(preset="Custom", sampler="restore_edm", steps=3, cfg_scale=4.0, cfg_scale_start=1.0,
                         linear_cfg=True, control_scale=0.9, control_scale_start=0.5, linear_control_scale=True,
                         restore_cfg=4.0, restore_cfg_s_tmin=0.05, s_churn=5.0, s_noise=1.01, eta=1.0, tiled=False,
                         tile_size=1024, tile_stride=512)
 CONDITIONER_DEFAULTS = dict(captions_are=["one per image"], prompt_length=["official (first 77 tokens)"])
-
-
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    root = tmp_path_factory.mktemp("written")
-    return {"checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
-            "SUPIR/SUPIR-tiny.safetensors": write_supir_pruned(root / "SUPIR-tiny.safetensors")}
-
-
-@pytest.fixture
-def loaded(models_dir, written, node_mappings):
-    for rel, src in written.items():
-        os.link(src, models_dir / rel)
-    return node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
 
 
 def image(b=1, h=80, w=72, c=3, seed=0):
@@ -68,8 +53,8 @@ class Chain:
 
 
 @pytest.fixture
-def chain(node_mappings, loaded):
-    return Chain(node_mappings, loaded)
+def chain(node_mappings, tiny_supir):
+    return Chain(node_mappings, tiny_supir)
 
 
 def test_chain_restores_to_the_input_size(chain):
@@ -196,13 +181,13 @@ def test_bad_images(chain):
         chain.encode(torch.zeros(0, 64, 64, 3))
 
 
-def test_bad_sampler_inputs(chain, node_mappings, models_dir, written):
+def test_bad_sampler_inputs(chain, node_mappings, models_dir, tiny_files):
     latents, stage1 = chain.encode(image())
     pos, neg = chain.condition()
     with pytest.raises(ValueError, match="stride"):
         chain.sample(latents, pos, neg, tiled=True, tile_size=512, tile_stride=1024)
     # Latents from another SUPIR model.
-    os.link(written["SUPIR/SUPIR-tiny.safetensors"], models_dir / "SUPIR" / "other.safetensors")
+    os.link(tiny_files["SUPIR/SUPIR-tiny.safetensors"], models_dir / "SUPIR" / "other.safetensors")
     other = node_mappings["FSUPIR_Loader"]().load("other.safetensors", "tiny_sdxl.safetensors", "fp32")[0]
     with pytest.raises(ValueError, match="same SUPIR model"):
         node_mappings["FSUPIR_Sampler"]().sample(other, latents, pos, neg, 1, **SAMPLER_DEFAULTS)

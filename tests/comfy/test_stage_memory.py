@@ -8,34 +8,20 @@ free-memory gauge: ComfyUI's real `load_models_gpu`/`free_memory` decide what to
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
-from fsupir_under_test.supir_modules import pipeline, tiled_vae
+from fsupir_under_test.supir_modules import pipeline, tiled_vae, vae_stage
 
-from ..tiny_models import write_sdxl, write_supir_pruned
 
 MiB = 2**20
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    root = tmp_path_factory.mktemp("written")
-    return {"checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
-            "SUPIR/SUPIR-tiny.safetensors": write_supir_pruned(root / "SUPIR-tiny.safetensors")}
-
-
 @pytest.fixture
-def loaded(models_dir, written, node_mappings):
-    import comfy.model_management as mm
-
-    for rel, src in written.items():
-        os.link(src, models_dir / rel)
-    supir, _, vae = node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
-    yield supir, vae
-    mm.unload_all_models()
+def loaded(tiny_supir):
+    supir, _, vae = tiny_supir
+    return supir, vae
 
 
 @pytest.fixture
@@ -134,15 +120,15 @@ def test_waiting_tiles_go_to_the_offload_device_when_vram_is_short(loaded, monke
     import comfy.model_management as mm
 
     _, vae = loaded
-    small = pipeline._vae_pass(vae, "decode", vae.first_stage_model.decoder, (32, 32), torch.float16, 8)
-    big = pipeline._vae_pass(vae, "decode", vae.first_stage_model.decoder, (64, 64), torch.float16, 8)
+    small = vae_stage.vae_pass(vae, "decode", vae.first_stage_model.decoder, (32, 32), torch.float16, 8)
+    big = vae_stage.vae_pass(vae, "decode", vae.first_stage_model.decoder, (64, 64), torch.float16, 8)
     assert small.working == big.working and 0 < small.parked < big.parked
-    assert pipeline._vae_pass(vae, "decode", vae.first_stage_model.decoder, (16, 16), torch.float16, 8).parked == 0
+    assert vae_stage.vae_pass(vae, "decode", vae.first_stage_model.decoder, (16, 16), torch.float16, 8).parked == 0
     gpu = torch.device("cuda", 0)  # only compared, never used
     monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: big.working + small.parked)
-    assert pipeline._park_device(vae, gpu, big.working, small.parked) is None
-    assert pipeline._park_device(vae, gpu, big.working, big.parked) == vae.patcher.offload_device
-    assert pipeline._park_device(vae, torch.device("cpu"), big.working, big.parked) is None
+    assert vae_stage.park_device(vae, gpu, big.working, small.parked) is None
+    assert vae_stage.park_device(vae, gpu, big.working, big.parked) == vae.patcher.offload_device
+    assert vae_stage.park_device(vae, torch.device("cpu"), big.working, big.parked) is None
 
 
 # --- ComfyUI offloads the sampling models to make room -----------------------------------------------------

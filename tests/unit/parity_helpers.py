@@ -86,3 +86,17 @@ def build_vae(p: Parity):
     enc = mod("model").build_denoise_encoder(strip(p.weights, "first_stage_model.denoise_encoder."),
                                             "tiny_supir.safetensors", torch.float32)
     return comfy_vae.first_stage_model.float().eval(), enc
+
+
+def build_eps_network(p: Parity, adaptor=None, unet=None):
+    """eps(x_in, t, context, y, hint, control_scale): GLVControl, then ComfyUI's UNet with the connectors, as
+    SupirModel.eps runs them (on the fixture's weights, or on the given modules)."""
+    adaptor = build_adaptor(p) if adaptor is None else adaptor
+    unet = build_unet(p) if unet is None else unet
+    unet_mod = mod("unet")
+
+    def eps_network(x_in, t, context, y, hint, scale):
+        control = adaptor.control_model(hint, t, x_in, context, y)
+        return unet_mod.supir_unet_forward(unet, x_in, t, context, y, control, adaptor.project_modules, scale)
+
+    return eps_network

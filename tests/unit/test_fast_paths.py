@@ -17,9 +17,9 @@ import logging
 import pytest
 import torch
 
-from parity_helpers import build_adaptor, build_unet, load_parity, mod, rel_err
+from parity_helpers import build_adaptor, build_eps_network, build_unet, load_parity, mod, rel_err
 
-from ..fast_path_probes import DeviceTraffic, RecomputingCapture
+from ..fast_path_probes import DeviceTraffic
 
 
 # --- denoiser on the host ----------------------------------------------------------------------------------
@@ -109,14 +109,7 @@ def test_window_groups_validate():
 @pytest.fixture(scope="module")
 def parity(pack, parity_dir):
     p = load_parity(parity_dir)
-    adaptor, unet = build_adaptor(p), build_unet(p)
-    unet_mod = mod("unet")
-
-    def eps_network(x_in, t, context, y, hint, scale):
-        control = adaptor.control_model(hint, t, x_in, context, y)
-        return unet_mod.supir_unet_forward(unet, x_in, t, context, y, control, adaptor.project_modules, scale)
-
-    return p, eps_network, adaptor, unet
+    return p, build_eps_network(p)
 
 
 def _replay_official(p, network):
@@ -138,9 +131,9 @@ def _replay_official(p, network):
 
 
 def test_graphed_network_matches_eager_and_the_official_code(parity):
-    p, eps_network, _, _ = parity
+    p, eps_network = parity
     assert p.config["sampler"]["use_linear_control_scale"]  # the control scale changes every step
-    backend = RecomputingCapture()
+    backend = mod("cuda_graphs").RecomputingCapture()
     graphed = mod("cuda_graphs").GraphedNetwork(eps_network, backend)
     fast = _replay_official(p, graphed)
     plain = _replay_official(p, eps_network)
@@ -151,8 +144,8 @@ def test_graphed_network_matches_eager_and_the_official_code(parity):
 
 
 def test_graphed_network_copies_every_input_and_hands_out_copies(parity):
-    _, eps_network, _, _ = parity
-    graphed = mod("cuda_graphs").GraphedNetwork(eps_network, RecomputingCapture())
+    _, eps_network = parity
+    graphed = mod("cuda_graphs").GraphedNetwork(eps_network, mod("cuda_graphs").RecomputingCapture())
     gen = torch.Generator().manual_seed(5)
 
     def inputs():
@@ -174,11 +167,11 @@ def test_graphed_network_copies_every_input_and_hands_out_copies(parity):
 
 
 @pytest.mark.parametrize("backend, why", [
-    (RecomputingCapture(fail=RuntimeError("operation not permitted when stream is capturing")), "capture failed"),
-    (RecomputingCapture(corrupt=True), "the replay differs from eager"),
+    (mod("cuda_graphs").RecomputingCapture(fail=RuntimeError("operation not permitted when stream is capturing")), "capture failed"),
+    (mod("cuda_graphs").RecomputingCapture(corrupt=True), "the replay differs from eager"),
 ])
 def test_failed_or_wrong_capture_falls_back_to_eager(parity, caplog, backend, why):
-    p, eps_network, _, _ = parity
+    p, eps_network = parity
     graphed = mod("cuda_graphs").GraphedNetwork(eps_network, backend)
     with caplog.at_level(logging.WARNING):
         fast = _replay_official(p, graphed)
@@ -203,19 +196,16 @@ def on_meta(parity, monkeypatch):
     picks a memory-probing kernel on the CPU)."""
     import comfy.ldm.modules.attention as attention
 
-    p, _, adaptor, unet = parity
+    p, _ = parity
     monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
     monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)
-    adaptor_m, unet_m = build_adaptor(p).to("meta"), build_unet(p).to("meta")
-    unet_mod = mod("unet")
+    meta_network = build_eps_network(p, build_adaptor(p).to("meta"), build_unet(p).to("meta"))
     traffic = DeviceTraffic()
 
-    def eps_network(x_in, t, context, y, hint, scale):
+    def eps_network(*args):
         traffic.in_network = True
         try:
-            control = adaptor_m.control_model(hint, t, x_in, context, y)
-            return unet_mod.supir_unet_forward(unet_m, x_in, t, context, y, control, adaptor_m.project_modules,
-                                               scale)
+            return meta_network(*args)
         finally:
             traffic.in_network = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity_helpers import build_adaptor, build_unet, load_parity, mod, rel_err
+from parity_helpers import build_eps_network, load_parity, mod, rel_err
 
 TRAJECTORY_TOL = 1e-4
 
@@ -13,14 +13,7 @@ TRAJECTORY_TOL = 1e-4
 @pytest.fixture(scope="module")
 def setup(pack, parity_dir):
     p = load_parity(parity_dir)
-    adaptor, unet = build_adaptor(p), build_unet(p)
-    unet_mod = mod("unet")
-
-    def eps_network(x_in, t, context, y, hint, scale):
-        control = adaptor.control_model(hint, t, x_in, context, y)
-        return unet_mod.supir_unet_forward(unet, x_in, t, context, y, control, adaptor.project_modules, scale)
-
-    return p, mod("denoiser").make_denoise(eps_network)
+    return p, mod("denoiser").make_denoise(build_eps_network(p))
 
 
 def official_settings(p):

@@ -294,3 +294,54 @@ def test_the_recorder_catches_a_blocking_transfer(on_meta):
 
     _meta_loop(p, syncing_network, traffic, "edm", False)
     assert traffic.blocking and traffic.network_transfers
+
+
+# --- the full-size step, on the meta device ------------------------------------------------------------------
+# FLOPs of one official sampler step at 1024 x 1024 (batch 2 for CFG), counted with the same
+# torch.utils.flop_counter on the official code (../shared/docs/performance-notes.md).
+OFFICIAL_CONTROL_TFLOP = 5.87
+OFFICIAL_UNET_TFLOP = 14.41
+
+
+def test_full_size_step_does_the_official_work_without_transfers(pack, layout_json, monkeypatch):
+    """GLVControl + ComfyUI's SDXL UNet with our connectors, built in the official shapes on the meta device, do
+    the official step's FLOPs (same work, nothing missing or repeated) and move nothing between host and device
+    inside the network, which is what a CUDA graph needs."""
+    import json
+
+    import comfy.ldm.modules.attention as attention
+    import comfy.model_detection
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from parity_helpers import strip
+
+    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
+    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)
+    shapes = json.loads(layout_json.read_text())["shapes"]
+    meta = {k: torch.empty(s, device="meta", dtype=torch.float16) for k, s in shapes.items()}
+    usd = {k: v for k, v in meta.items() if k.startswith("model.diffusion_model.") and ".project_modules." not in k}
+    cfg = comfy.model_detection.detect_unet_config(usd, "model.diffusion_model.")
+    cfg.update(num_heads=-1, num_head_channels=64)
+    unet = UNetModel(**cfg, device="meta", dtype=torch.float16, operations=comfy.ops.disable_weight_init)
+    adaptor = mod("model").build_adaptor(strip(meta, "model.control_model.", drop=("mask_LQ",)),
+                                         strip(meta, "model.diffusion_model.project_modules."), "layout",
+                                         torch.float16, torch.float16, device="meta")
+    x = torch.empty(2, 4, 128, 128, device="meta")
+    t = torch.full((2,), 500, device="meta", dtype=torch.long)
+    context, y = torch.empty(2, 77, 2048, device="meta"), torch.empty(2, 2816, device="meta")
+    hint = torch.empty(2, 4, 128, 128, device="meta", dtype=torch.float16)
+    traffic = DeviceTraffic()
+    with torch.no_grad(), traffic:
+        traffic.in_network = True
+        with FlopCounterMode(display=False) as counter:
+            control = adaptor.control_model(hint, t, x, context, y)
+        control_tflop = counter.get_total_flops() / 1e12
+        with FlopCounterMode(display=False) as counter:
+            eps = mod("unet").supir_unet_forward(unet, x, t, context, y, control, adaptor.project_modules, 0.8)
+        unet_tflop = counter.get_total_flops() / 1e12
+    assert eps.shape == x.shape and eps.dtype == torch.float16
+    assert control_tflop == pytest.approx(OFFICIAL_CONTROL_TFLOP, rel=5e-3)
+    assert unet_tflop == pytest.approx(OFFICIAL_UNET_TFLOP, rel=5e-3)
+    assert traffic.network_transfers == [] and traffic.blocking == []

@@ -100,3 +100,25 @@ def build_eps_network(p: Parity, adaptor=None, unet=None):
         return unet_mod.supir_unet_forward(unet, x_in, t, context, y, control, adaptor.project_modules, scale)
 
     return eps_network
+
+
+def full_size_on_meta(layout_json: Path, weight_dtype: torch.dtype = torch.float16,
+                      compute_dtype: torch.dtype = torch.float16):
+    """(ComfyUI's SDXL UNetModel, our SUPIR adaptor) in the official shapes (shared/fixtures/supir_v0_layout.json)
+    on the meta device: weights stored in `weight_dtype`, computing in `compute_dtype` (per-layer casts when
+    they differ, as ComfyUI does for fp8 storage)."""
+    import comfy.model_detection
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    shapes = json.loads(layout_json.read_text())["shapes"]
+    meta = {k: torch.empty(s, device="meta", dtype=weight_dtype) for k, s in shapes.items()}
+    usd = {k: v for k, v in meta.items() if k.startswith("model.diffusion_model.") and ".project_modules." not in k}
+    cfg = comfy.model_detection.detect_unet_config(usd, "model.diffusion_model.")
+    cfg.update(num_heads=-1, num_head_channels=64)  # ComfyUI's unet_extra_config for SD-family models
+    ops = comfy.ops.disable_weight_init if weight_dtype == compute_dtype else comfy.ops.manual_cast
+    unet = UNetModel(**cfg, device="meta", dtype=weight_dtype, operations=ops)
+    adaptor = mod("model").build_adaptor(strip(meta, "model.control_model.", drop=("mask_LQ",)),
+                                         strip(meta, "model.diffusion_model.project_modules."), "layout",
+                                         weight_dtype, compute_dtype, device="meta")
+    return unet, adaptor

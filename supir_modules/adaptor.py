@@ -35,6 +35,11 @@ def _group_norm_32(operations):
     return GroupNorm32
 
 
+def _is_one(control_scale: float | torch.Tensor) -> bool:
+    """A host control scale of exactly 1 (a device tensor is never inspected: that would wait on the device)."""
+    return not isinstance(control_scale, torch.Tensor) and control_scale == 1
+
+
 class ZeroSFT(nn.Module):
     """Spatial feature transform of a skip feature by a control feature (SUPIR_v0.py, ZeroSFT).
 
@@ -58,8 +63,11 @@ class ZeroSFT(nn.Module):
     def forward(self, c: torch.Tensor, h: torch.Tensor, h_ori: torch.Tensor | None = None,
                 control_scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         concat = h_ori is not None and self.pre_concat
+        # At control scale exactly 1 the blend below is h * 1 + h_raw * 0 = h: skip it and the concat it needs
+        # (the official code computes them anyway; this saves the largest activation of the step).
+        full = _is_one(control_scale)
         # Concat order [decoder state, skip] as SDXL's cat([h, hs.pop()]).
-        h_raw = torch.cat([h_ori, h], dim=1) if concat else h
+        h_raw = None if full else (torch.cat([h_ori, h], dim=1) if concat else h)
         h = h + self.zero_conv(c)
         if concat:
             h = torch.cat([h_ori, h], dim=1)
@@ -69,6 +77,8 @@ class ZeroSFT(nn.Module):
         h = self.param_free_norm(h) * (gamma + 1) + beta
         if h_ori is not None and not self.pre_concat:
             h = torch.cat([h_ori, h], dim=1)
+        if full:
+            return h
         return h * control_scale + h_raw * (1 - control_scale)
 
 
@@ -92,7 +102,7 @@ class ZeroCrossAttn(nn.Module):
         kv = rearrange(self.norm2(context), "b c h w -> b (h w) c").contiguous()
         out = self.attn(q, context=kv)
         out = rearrange(out, "b (h w) c -> b c h w", h=h, w=w)
-        return x_in + out * control_scale
+        return x_in + (out if _is_one(control_scale) else out * control_scale)
 
 
 def build_connectors(configs: Sequence[ConnectorConfig], dtype=None, device=None,

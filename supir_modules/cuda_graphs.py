@@ -6,7 +6,8 @@ captures the network once per input shape (tiles share one shape) and replays it
 
 - inputs are copied into static buffers (device to device), the graph is replayed, and the output is cloned
   out of the static output buffer;
-- the control scale, which the linear control ramp changes every step, enters as a 0-dim device tensor;
+- the control scale, which the linear control ramp changes every step, enters as a 0-dim device tensor
+  (a scale of exactly 1, the unramped default, gets its own graph with the 1 baked in);
 - the capture is checked once: the first replay must equal the eager warm-up on the same inputs within the
   dtype's tolerance, or the run falls back to eager (logged), as it does when the capture itself fails;
 - graphs live for one run only: ComfyUI may offload and reload the weights between runs, which moves them,
@@ -119,10 +120,13 @@ class GraphedNetwork:
         args = [x_in, t, context, y, hint]
         if self.disabled is not None:
             return self.network(*args, control_scale)
-        key = _signature(args)
+        # A control scale of exactly 1 (the default, unramped) is baked into its own graph, where the
+        # connectors skip their blend; any other scale is read from a device scalar at replay.
+        unit_scale = control_scale == 1
+        key = (_signature(args), unit_scale)
         captured = self.graphs.get(key)
         if captured is None:
-            return self._capture(key, args, control_scale)
+            return self._capture(key, args, control_scale, unit_scale)
         for buf, value in zip(captured.inputs, args):
             buf.copy_(value)
         captured.scale.fill_(control_scale)
@@ -133,11 +137,12 @@ class GraphedNetwork:
         """Drop the graphs and their buffers (end of the run)."""
         self.graphs.clear()
 
-    def _capture(self, key: tuple, args: list[torch.Tensor], control_scale: float) -> torch.Tensor:
+    def _capture(self, key: tuple, args: list[torch.Tensor], control_scale: float, unit_scale: bool) -> torch.Tensor:
         inputs = [a.clone() for a in args]
         scale = torch.full((), float(control_scale), dtype=torch.float32, device=args[0].device)
+        scale_arg = 1.0 if unit_scale else scale
         try:
-            replay, out, reference = self.backend.capture(lambda: self.network(*inputs, scale))
+            replay, out, reference = self.backend.capture(lambda: self.network(*inputs, scale_arg))
             replay()
         except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly, and say why
             return self._give_up(f"capture failed ({type(e).__name__}: {e})", args, control_scale)

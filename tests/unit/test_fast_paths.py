@@ -161,10 +161,32 @@ def test_graphed_network_copies_every_input_and_hands_out_copies(parity):
         eagers.append(eps_network(*args, scale))
     for out, eager in zip(outs, eagers):  # earlier outputs were not overwritten by later replays
         assert rel_err(out, eager) < 1e-6
-    assert len(graphed.graphs) == 1
+    assert len(graphed.graphs) == 2  # scale exactly 1 (baked in), and any other scale (a device scalar)
     # Another shape (the last, smaller group of tiles) gets its own graph.
     args = tuple(torch.cat([a, a]) for a in inputs())
-    assert rel_err(graphed(*args, 0.7), eps_network(*args, 0.7)) < 1e-6 and len(graphed.graphs) == 2
+    assert rel_err(graphed(*args, 0.7), eps_network(*args, 0.7)) < 1e-6 and len(graphed.graphs) == 3
+
+
+def test_connectors_at_scale_one_skip_the_blend_exactly(parity):
+    """At a host control scale of exactly 1 the connectors return their transform without blending (h * 1 +
+    h_raw * 0); the result is identical to the blended one (a device scale of 1 takes the blending path)."""
+    p, _ = parity
+    adaptor = build_adaptor(p)
+    gen = torch.Generator().manual_seed(2)
+    for module in adaptor.project_modules:
+        if type(module).__name__ == "ZeroSFT":
+            c_ch = module.mlp_shared[0].in_channels
+            width = module.param_free_norm.num_channels
+            skip_ch = module.zero_conv.out_channels
+            c = torch.randn(1, c_ch, 4, 4, generator=gen)
+            h = torch.randn(1, skip_ch, 4, 4, generator=gen)
+            h_ori = torch.randn(1, width - skip_ch, 4, 4, generator=gen) if width > skip_ch else None
+            args = (c, h, h_ori) if h_ori is not None else (c, h)
+        else:
+            query, context = module.norm1.num_channels, module.norm2.num_channels
+            args = (torch.randn(1, context, 4, 4, generator=gen), torch.randn(1, query, 4, 4, generator=gen))
+        with torch.no_grad():
+            assert torch.equal(module(*args, control_scale=1.0), module(*args, control_scale=torch.tensor(1.0)))
 
 
 @pytest.mark.parametrize("backend, why", [

@@ -129,6 +129,70 @@ def _prompt_layout(n_pos: int, batch: int, n_windows: int, kind: str) -> str:
     return "batch"
 
 
+class _CFGModels:
+    """The CFG denoisers of one run, their conditioning batched on the device once: one for the whole latent, or
+    one per group of tile windows (stacked on the batch dimension), with per-tile prompts where given."""
+
+    def __init__(self, denoise, cfg: CFGSchedule, pos: list[Conditioning], neg: list[Conditioning], layout: str,
+                 control_latent: torch.Tensor, windows: list, device: torch.device):
+        self.denoise, self.cfg, self.pos, self.neg = denoise, cfg, pos, neg
+        self.layout, self.control_latent, self.windows, self.device = layout, control_latent, windows, device
+        self.batch = control_latent.shape[0]
+        self.shared_pos, self.shared_neg = self._stacked(pos), self._stacked(neg)
+        self._groups: dict[tuple[int, ...], Callable] = {}
+
+    def _stacked(self, conds: list[Conditioning]) -> Conditioning:
+        """One prompt for every image, or (batch layout) one per image, as a batch on the device."""
+        if len(conds) == 1:
+            c = conds[0]
+            return Conditioning(c.crossattn.expand(self.batch, -1, -1).to(self.device),
+                                c.vector.expand(self.batch, -1).to(self.device))
+        return Conditioning(torch.cat([c.crossattn for c in conds]).to(self.device),
+                            torch.cat([c.vector for c in conds]).to(self.device))
+
+    def _model(self, cond: Conditioning, uncond: Conditioning, hint: torch.Tensor):
+        inputs = cfg_inputs(cond, uncond, hint, self.device)  # batched once per run, not per step
+
+        def model(x: torch.Tensor, sigma_hat: float, control_scale: float) -> torch.Tensor:
+            return cfg_denoise(self.denoise, x, sigma_hat, inputs, control_scale, self.cfg)
+        return model
+
+    def whole(self):
+        return self._model(self.shared_pos, self.shared_neg, self.control_latent)
+
+    def _group_conditioning(self, group: tuple[int, ...], conds: list[Conditioning], shared: Conditioning,
+                            per_tile: bool) -> Conditioning:
+        parts = [self._stacked([_per(conds, j)]) if per_tile else shared for j in group]
+        return Conditioning(torch.cat([c.crossattn for c in parts]), torch.cat([c.vector for c in parts]))
+
+    def group(self, group: tuple[int, ...]):
+        """The model of windows `group`, stacked on the batch dimension (built once per run)."""
+        if group not in self._groups:
+            per_tile = self.layout == "tile"
+            cond = self._group_conditioning(group, self.pos, self.shared_pos, per_tile)
+            uncond = self._group_conditioning(group, self.neg, self.shared_neg, per_tile and len(self.neg) > 1)
+            hint = torch.cat([self.control_latent[:, :, a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
+            self._groups[group] = self._model(cond, uncond, hint)
+        return self._groups[group]
+
+
+def _start(settings: SamplerSettings, seed: int, shape: torch.Size, initial_noise: torch.Tensor | None,
+           device: torch.device):
+    """(sigmas, x_0 on the device, noise sampler) as the official samplers start; seeded CPU draws."""
+    if settings.sampler == "restore_edm":
+        sigmas = legacy_ddpm_sigmas(settings.steps)
+    else:
+        sigmas = karras_sigmas_for(settings.steps)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = initial_noise if initial_noise is not None else torch.randn(shape, generator=gen)
+    x = initial_latent(noise.float(), sigmas).to(device)
+    if settings.sampler == "restore_edm":
+        noise_sampler = generator_noise_sampler(seed + 1)
+    else:
+        noise_sampler = brownian_noise_sampler(x, sigmas, seed)
+    return sigmas, x, noise_sampler
+
+
 @torch.no_grad()
 def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: list, settings: SamplerSettings,
            seed: int, tiles: TileOptions = TileOptions(), callback: StepCallback = None,
@@ -162,40 +226,11 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
     mm.load_models_gpu(supir.patchers_for_sampling(),
                        memory_required=model_base.memory_required([2 * b * per_call, 4, tile_h, tile_w]) * 1.5)
     device = mm.get_torch_device()
-    control_latent = latents.control.to(device)
-    center = latents.center.to(device)
     network = _network(supir, accel, device)
-    denoise = make_denoise(network)
-    cfg = CFGSchedule(settings.cfg_scale, settings.cfg_scale_start, settings.linear_cfg)
-    control = ControlSchedule(settings.control_scale, settings.control_scale_start, settings.linear_control_scale)
-    guidance = RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin)
-
-    def stacked(conds: list[Conditioning]) -> Conditioning:
-        """One prompt for every image, or (batch layout) one per image, as a batch on the device."""
-        if len(conds) == 1:
-            c = conds[0]
-            return Conditioning(c.crossattn.expand(b, -1, -1).to(device), c.vector.expand(b, -1).to(device))
-        return Conditioning(torch.cat([c.crossattn for c in conds]).to(device),
-                            torch.cat([c.vector for c in conds]).to(device))
-
-    def model_for(cond: Conditioning, uncond: Conditioning, hint: torch.Tensor):
-        inputs = cfg_inputs(cond, uncond, hint, device)  # batched once per run, not per step
-
-        def model(x: torch.Tensor, sigma_hat: float, control_scale: float) -> torch.Tensor:
-            return cfg_denoise(denoise, x, sigma_hat, inputs, control_scale, cfg)
-        return model
-
-    if settings.sampler == "restore_edm":
-        sigmas = legacy_ddpm_sigmas(settings.steps)
-    else:
-        sigmas = karras_sigmas_for(settings.steps)
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    noise = initial_noise if initial_noise is not None else torch.randn(latents.control.shape, generator=gen)
-    x = initial_latent(noise.float(), sigmas).to(device)
-    if settings.sampler == "restore_edm":
-        noise_sampler = generator_noise_sampler(seed + 1)
-    else:
-        noise_sampler = brownian_noise_sampler(x, sigmas, seed)
+    models = _CFGModels(make_denoise(network), CFGSchedule(settings.cfg_scale, settings.cfg_scale_start,
+                                                           settings.linear_cfg),
+                        pos, neg, layout, latents.control.to(device), windows, device)
+    sigmas, x, noise_sampler = _start(settings, seed, latents.control.shape, initial_noise, device)
     steps = len(sigmas) - 1
 
     def on_step(d: dict) -> None:
@@ -203,41 +238,25 @@ def sample(supir: SupirModel, latents: SupirLatents, positive: list, negative: l
         if callback is not None:
             callback(d["i"], steps, d["x"], d["denoised"])
 
-    common = dict(noise_sampler=noise_sampler, guidance=guidance, control=control, x_center=center, callback=on_step)
+    common = dict(noise_sampler=noise_sampler, callback=on_step, x_center=latents.center.to(device),
+                  guidance=RestorationGuidance(settings.restore_cfg, settings.restore_cfg_s_tmin),
+                  control=ControlSchedule(settings.control_scale, settings.control_scale_start,
+                                          settings.linear_control_scale))
+    churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
+    edm = settings.sampler == "restore_edm"
     try:
-        if not tiles.enabled:
-            model = model_for(stacked(pos), stacked(neg), control_latent)
-            if settings.sampler == "restore_edm":
-                churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
-                out = sample_restore_edm(model, x, sigmas, churn=churn, **common)
-            else:
-                out = sample_restore_dpmpp_2m(model, x, sigmas, eta=settings.eta, s_noise=settings.s_noise, **common)
+        if not tiles.enabled and edm:
+            out = sample_restore_edm(models.whole(), x, sigmas, churn=churn, **common)
+        elif not tiles.enabled:
+            out = sample_restore_dpmpp_2m(models.whole(), x, sigmas, eta=settings.eta, s_noise=settings.s_noise,
+                                          **common)
+        elif edm:
+            out = tiled_sampling.sample_tiled_restore_edm(models.group, x, sigmas, windows=windows, churn=churn,
+                                                          tile_batch=accel.tile_batch, **common)
         else:
-            shared_pos, shared_neg = stacked(pos), stacked(neg)
-            group_models: dict[tuple[int, ...], Callable] = {}
-
-            def group_conditioning(group: tuple[int, ...], conds: list[Conditioning], shared: Conditioning,
-                                   per_tile: bool) -> Conditioning:
-                parts = [stacked([_per(conds, j)]) if per_tile else shared for j in group]
-                return Conditioning(torch.cat([c.crossattn for c in parts]), torch.cat([c.vector for c in parts]))
-
-            def tile_model(group: tuple[int, ...]):
-                """The model of windows `group`, stacked on the batch dimension (built once per run)."""
-                if group not in group_models:
-                    cond = group_conditioning(group, pos, shared_pos, layout == "tile")
-                    uncond = group_conditioning(group, neg, shared_neg, layout == "tile" and len(neg) > 1)
-                    hint = torch.cat([control_latent[:, :, a:bb, c:d] for a, bb, c, d in (windows[j] for j in group)])
-                    group_models[group] = model_for(cond, uncond, hint)
-                return group_models[group]
-
-            if settings.sampler == "restore_edm":
-                churn = Churn(s_churn=settings.s_churn, s_noise=settings.s_noise)
-                out = tiled_sampling.sample_tiled_restore_edm(tile_model, x, sigmas, windows=windows, churn=churn,
-                                                              tile_batch=accel.tile_batch, **common)
-            else:
-                out = tiled_sampling.sample_tiled_restore_dpmpp_2m(tile_model, x, sigmas, windows=windows, eta=settings.eta,
-                                                                   s_noise=settings.s_noise, tile_batch=accel.tile_batch,
-                                                                   **common)
+            out = tiled_sampling.sample_tiled_restore_dpmpp_2m(models.group, x, sigmas, windows=windows,
+                                                               eta=settings.eta, s_noise=settings.s_noise,
+                                                               tile_batch=accel.tile_batch, **common)
     finally:
         if isinstance(network, GraphedNetwork):
             network.release()  # the graphs' memory pool goes now, not whenever Python collects it

@@ -114,6 +114,24 @@ def test_ui_workflow_loads_cleanly(frontend, screenshots_dir, stem):
     assert not frontend.ours(), frontend.ours()
 
 
+def test_workflow_saved_before_the_speed_options_keeps_every_value(frontend):
+    """A UI workflow saved before the Sampler had `cuda_graph` and `tile_batch` (its widgets_values end at
+    tile_stride) loads with every saved value on its own widget and the two new ones at their defaults: no
+    widget shift (a known complaint about other packs after updates)."""
+    wf = load_ui("basic_restore")
+    sampler = next(n for n in wf["nodes"] if n["type"] == "FSUPIR_Sampler")
+    assert sampler["widgets_values"][-2:] == ["auto", 1], "the shipped workflow should hold the new widgets last"
+    sampler["widgets_values"] = sampler["widgets_values"][:-2]
+    result = frontend.js(LOAD_JS, wf)
+    assert not result["missing"] and not result["problems"], result["problems"]
+    object_info = frontend.server.get_json("/object_info")
+    node_id = str(sampler["id"])
+    exported = _api_core(result["output"], object_info)[node_id]["inputs"]
+    shipped = _api_core(load_api("basic_restore"), object_info)[node_id]["inputs"]
+    assert exported == shipped  # every older value where it was, cuda_graph "auto" and tile_batch 1 by default
+    assert exported["tile_stride"] == 512 and exported["cuda_graph"] == "auto" and exported["tile_batch"] == 1
+
+
 def test_caption_node_shows_its_captions_after_a_run(frontend, screenshots_dir):
     """basic_restore run from the frontend (small: min_size 64, short captions); the caption node's text box then
     holds the captions the server reported for it."""

@@ -44,20 +44,12 @@ def legacy_ddpm_sigmas(steps: int) -> torch.Tensor:
 
 
 class DiscreteEpsDenoiser:
-    """Snaps sigma to the table and applies the eps scalings around a network `eps(x_in, t, **kw)`."""
+    """Snaps sigma to the table and gives the eps scalings. The table stays on the host: the sampler's sigmas
+    are host floats, so the lookup never waits on the device."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
-        self.sigmas = sigma_table().to(device)
-        self._host_table = sigma_table()  # host_scalings() looks up here: never on the device
+    def __init__(self):
+        self.sigmas = sigma_table()
         self._host_cache: dict[float, tuple[float, float, int]] = {}
-
-    def to(self, device: torch.device | str) -> "DiscreteEpsDenoiser":
-        self.sigmas = self.sigmas.to(device)
-        return self
-
-    @property
-    def sigma_max(self) -> torch.Tensor:
-        return self.sigmas[-1]
 
     def sigma_to_index(self, sigma: torch.Tensor) -> torch.Tensor:
         sigma = sigma.to(self.sigmas.device, torch.float32)
@@ -71,27 +63,13 @@ class DiscreteEpsDenoiser:
         return sigma_q, c_in, idx
 
     def host_scalings(self, sigma: float) -> tuple[float, float, int]:
-        """(sigma_q, c_in, timestep index) of one host sigma: the float32 numbers of `scalings`, computed on the
-        host from a CPU copy of the table, so a sampler step never waits on the device for them."""
+        """`scalings` of one host sigma as host numbers (the same float32 values), cached per sigma."""
         key = float(sigma)
         hit = self._host_cache.get(key)
         if hit is None:
-            s = torch.tensor([key], dtype=torch.float32)
-            idx = int((s - self._host_table).abs().argmin())
-            sigma_q = self._host_table[idx:idx + 1]
-            c_in = 1.0 / (sigma_q ** 2 + 1.0) ** 0.5  # float32 arithmetic, as scalings()
-            hit = self._host_cache[key] = (float(sigma_q), float(c_in), idx)
+            sigma_q, c_in, idx = self.scalings(torch.tensor([key], dtype=torch.float32))
+            hit = self._host_cache[key] = (float(sigma_q), float(c_in), int(idx))
         return hit
-
-    def __call__(self, eps_fn, x: torch.Tensor, sigma: torch.Tensor, **kwargs) -> torch.Tensor:
-        sigma = sigma.reshape(-1)
-        if sigma.numel() == 1 and x.shape[0] != 1:
-            sigma = sigma.expand(x.shape[0])
-        sigma_q, c_in, t = self.scalings(sigma)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        sigma_q, c_in = sigma_q.to(x.device).view(shape), c_in.to(x.device).view(shape)
-        eps = eps_fn(x * c_in, t.to(x.device), **kwargs)
-        return x - sigma_q * eps.to(x.dtype)
 
 
 def make_denoise(eps_network, denoiser: DiscreteEpsDenoiser | None = None):
@@ -99,8 +77,7 @@ def make_denoise(eps_network, denoiser: DiscreteEpsDenoiser | None = None):
 
     `sigma` is a host float (the sampler's schedule lives on the host): the table lookup and scalings are host
     arithmetic and enter the device work as kernel scalars, and the timesteps are filled on the device, so a
-    call makes no host-device transfer (reference: D = x - sigma_q eps(c_in x, t_q), same float32 numbers as
-    `DiscreteEpsDenoiser.__call__`).
+    call makes no host-device transfer.
     """
     den = denoiser if denoiser is not None else DiscreteEpsDenoiser()
 

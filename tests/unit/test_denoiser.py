@@ -41,12 +41,12 @@ def test_call_is_x_minus_sigma_eps(den):
     x = torch.randn(2, 4, 8, 8)
     seen = {}
 
-    def eps_fn(x_in, t, scale):
+    def eps_fn(x_in, t, context, y, hint, scale):
         seen.update(x_in=x_in, t=t, scale=scale)
         return torch.ones_like(x_in)
 
     sigma = torch.tensor([3.0])
-    out = d(eps_fn, x, sigma, scale=0.5)
+    out = den.make_denoise(eps_fn, d)(x, 3.0, None, None, None, 0.5)
     sq, c_in, t = d.scalings(sigma)
     assert torch.allclose(out, x - sq)
     assert torch.allclose(seen["x_in"], x * c_in)

@@ -36,15 +36,18 @@ def test_host_scalings_equal_the_tensor_scalings():
 
 
 def test_make_denoise_equals_the_tensor_denoiser():
+    """Host scalars in the denoiser give the numbers of the tensor formula D = x - sigma_q eps(c_in x, t)."""
     den = mod("denoiser")
+    d = den.DiscreteEpsDenoiser()
     x = torch.randn(4, 4, 8, 8)
     weights = torch.randn(4, 1, 1, 1)
 
-    def eps(x_in, t, scale=None):
+    def eps(x_in, t):
         return x_in * weights + t.view(-1, 1, 1, 1) * 1e-3
 
     for sigma in (14.6, 3.3, 0.05):
-        plain = den.DiscreteEpsDenoiser()(eps, x, torch.tensor([sigma]))
+        sq, c_in, t = d.scalings(torch.tensor([sigma]).expand(4))
+        plain = x - sq.view(-1, 1, 1, 1) * eps(x * c_in.view(-1, 1, 1, 1), t)
         fast = den.make_denoise(lambda x_in, t, c, y, h, s: eps(x_in, t))(x, sigma, None, None, None, 1.0)
         assert torch.equal(plain, fast), sigma
 

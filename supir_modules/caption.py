@@ -373,18 +373,14 @@ def unload(vlm: VisionLanguageModel) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- generation
-def _interrupted() -> bool:
-    check = getattr(mm, "processing_interrupted", None)
-    return bool(check()) if check is not None else False
-
-
 def interrupt_stopper():
     """A StoppingCriteria that ends generation at the next token once ComfyUI's Cancel was pressed."""
     from transformers import StoppingCriteria
 
     class StopOnInterrupt(StoppingCriteria):
         def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-            return torch.full((input_ids.shape[0],), _interrupted(), dtype=torch.bool, device=input_ids.device)
+            stop = bool(mm.processing_interrupted())
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
     return StopOnInterrupt()
 

@@ -97,7 +97,7 @@ class RecomputingCapture:
 @dataclass
 class _Captured:
     inputs: list[torch.Tensor]  # static buffers: x_in, t, context, y, hint
-    scale: torch.Tensor  # 0-dim control scale, float32
+    scale: torch.Tensor | None  # 0-dim control scale, float32; None when the graph has a scale of 1 baked in
     replay: Callable[[], None]
     out: torch.Tensor
 
@@ -129,7 +129,8 @@ class GraphedNetwork:
             return self._capture(key, args, control_scale, unit_scale)
         for buf, value in zip(captured.inputs, args):
             buf.copy_(value)
-        captured.scale.fill_(control_scale)
+        if captured.scale is not None:
+            captured.scale.fill_(control_scale)
         captured.replay()
         return captured.out.clone()
 
@@ -139,10 +140,10 @@ class GraphedNetwork:
 
     def _capture(self, key: tuple, args: list[torch.Tensor], control_scale: float, unit_scale: bool) -> torch.Tensor:
         inputs = [a.clone() for a in args]
-        scale = torch.full((), float(control_scale), dtype=torch.float32, device=args[0].device)
-        scale_arg = 1.0 if unit_scale else scale
+        scale = None if unit_scale else torch.full((), float(control_scale), dtype=torch.float32,
+                                                   device=args[0].device)
         try:
-            replay, out, reference = self.backend.capture(lambda: self.network(*inputs, scale_arg))
+            replay, out, reference = self.backend.capture(lambda: self.network(*inputs, 1.0 if scale is None else scale))
             replay()
         except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly, and say why
             return self._give_up(f"capture failed ({type(e).__name__}: {e})", args, control_scale)

@@ -10,7 +10,7 @@ import folder_paths
 import comfy.utils
 
 from ..supir_modules import caption as cap
-from .common import CATEGORY, tile_inputs
+from .common import CATEGORY, register_model_folder, tile_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -19,17 +19,6 @@ NO_MODEL = "(no model in models/LLM)"
 
 # Loaded models by (folder, dtype, quantization). One at a time: a 13B LLaVA holds ~26 GB of RAM in fp16.
 _CACHE: dict[tuple[str, str, str], cap.VisionLanguageModel] = {}
-
-
-def register_model_folders() -> None:
-    """models/LLM and models/llava as ComfyUI model folders (keeping paths others or extra_model_paths added)."""
-    for name in MODEL_FOLDERS:
-        default = os.path.join(folder_paths.models_dir, name)
-        entry = folder_paths.folder_names_and_paths.get(name)
-        if entry is None:
-            folder_paths.folder_names_and_paths[name] = ([default], set())
-        elif default not in entry[0]:
-            entry[0].append(default)
 
 
 def _search_paths() -> list[str]:
@@ -169,7 +158,8 @@ class FSUPIRLLaVACaption:
         return {"ui": {"text": captions}, "result": (captions,)}
 
 
-register_model_folders()
+for _name in MODEL_FOLDERS:  # models/LLM and models/llava (folders of files, no extension filter)
+    register_model_folder(_name, set())
 
 NODE_CLASS_MAPPINGS = {"FSUPIR_LLaVACaption": FSUPIRLLaVACaption}
 NODE_DISPLAY_NAME_MAPPINGS = {"FSUPIR_LLaVACaption": "SUPIR LLaVA Caption"}

@@ -27,12 +27,12 @@ def tile_inputs(size_tooltip: str, stride_tooltip: str) -> dict:
     }
 
 
-def register_model_folder() -> None:
-    """Make models/SUPIR a ComfyUI model folder (extra_model_paths.yaml may add more paths to it)."""
-    default = os.path.join(folder_paths.models_dir, SUPIR_FOLDER)
-    entry = folder_paths.folder_names_and_paths.get(SUPIR_FOLDER)
+def register_model_folder(name: str, extensions: set[str]) -> None:
+    """Make models/<name> a ComfyUI model folder, keeping paths that others or extra_model_paths.yaml added."""
+    default = os.path.join(folder_paths.models_dir, name)
+    entry = folder_paths.folder_names_and_paths.get(name)
     if entry is None:
-        folder_paths.folder_names_and_paths[SUPIR_FOLDER] = ([default], set(folder_paths.supported_pt_extensions))
+        folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
     elif default not in entry[0]:
         entry[0].append(default)
 
@@ -67,4 +67,4 @@ def check_supir_latents(value) -> None:
         raise TypeError(f"expected SUPIR latents (from SUPIR Degradation-Robust Encode), got {type(value).__name__}")
 
 
-register_model_folder()
+register_model_folder(SUPIR_FOLDER, folder_paths.supported_pt_extensions)

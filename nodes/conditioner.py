@@ -77,7 +77,7 @@ class FSUPIRConditioner:
         clip = _first(clip)
         if clip is None:
             raise ValueError("no CLIP connected: connect the clip output of the SUPIR Loader")
-        captions = [c for c in (caption if isinstance(caption, list) else [caption])] or [""]
+        captions = (list(caption) if isinstance(caption, list) else [caption]) or [""]
         quality, negative = _first(positive_prompt, ""), _first(negative_prompt, "")
         kind = "tile" if _first(captions_are) == KIND_TILE else "batch"
         length = _first(prompt_length, LENGTH_OFFICIAL)

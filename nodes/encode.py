@@ -6,8 +6,6 @@ from ..supir_modules.latents import SupirLatents
 from ..supir_modules.pipeline import run_stage1
 from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, TILE_NORM_INPUT, check_supir_model
 
-MIN_INPUT_SIDE = 64
-
 
 class FSUPIREncode:
     @classmethod
@@ -48,9 +46,9 @@ class FSUPIREncode:
             raise ValueError("the image batch is empty: connect a Load Image node")
         rgb, alpha = images.split_channels(image)
         h, w = rgb.shape[1], rgb.shape[2]
-        if min(h, w) * upscale < MIN_INPUT_SIDE:
-            raise ValueError(f"the image is {w}x{h} px and upscale {upscale} gives under {MIN_INPUT_SIDE} px on a "
-                             f"side; SUPIR needs at least {MIN_INPUT_SIDE}: raise upscale or enlarge the image")
+        if min(h, w) * upscale < images.MIN_SIDE:
+            raise ValueError(f"the image is {w}x{h} px and upscale {upscale} gives under {images.MIN_SIDE} px on a "
+                             f"side; SUPIR needs at least {images.MIN_SIDE}: raise upscale or enlarge the image")
         size = images.plan_size(h, w, upscale, min_size)
         x = images.prepare_batch(rgb, size)
         r = run_stage1(supir_model, vae, x, seed, tiled_vae, encoder_tile_size, decoder_tile_size,

@@ -146,3 +146,22 @@ def layout_json() -> Path:
     env = os.environ.get("SUPIR_LAYOUT_JSON")
     path = Path(env).expanduser().resolve() if env else SHARED / "fixtures" / "supir_v0_layout.json"
     return _existing(path, "SUPIR-v0 layout fixture (SUPIR_LAYOUT_JSON)")
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    """Tiny models (written by the tests, official key layout) under every name the shipped workflows pick;
+    written once per test process and shared by every server started in it."""
+    from .server.workflow_server import tiny_models_root
+
+    return tiny_models_root(tmp_path_factory)
+
+
+@pytest.fixture
+def sdpa_attention(monkeypatch):
+    """ComfyUI's attention as CUDA runs pick it (PyTorch SDPA); on the CPU it would pick a memory-probing kernel
+    that cannot run on the meta device."""
+    import comfy.ldm.modules.attention as attention
+
+    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
+    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..server.conftest import _selected_runtimes
-from ..server.workflow_server import make_image, serving, tiny_models_root
+from ..server.workflow_server import make_image, serving
 from ..workflow_tools import REPO, input_images, load_api, stems
 
 CHROMIUM = os.environ.get("SUPIR_CHROMIUM", "/usr/bin/chromium")
@@ -62,11 +62,6 @@ def screenshots_dir() -> Path:
     path = root / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@pytest.fixture(scope="session")
-def models_root(tmp_path_factory):
-    return tiny_models_root(tmp_path_factory)
 
 
 def _check_extensions_served(server) -> None:

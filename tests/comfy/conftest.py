@@ -153,3 +153,11 @@ def tiny_supir(models_dir, tiny_files, node_mappings):
         os.link(src, models_dir / rel)
     yield node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
     mm.unload_all_models()
+
+
+@pytest.fixture
+def chain(node_mappings, tiny_supir):
+    """The restoration nodes on the tiny SUPIR model (tests/node_chain.py)."""
+    from ..node_chain import Chain
+
+    return Chain(node_mappings, tiny_supir)

@@ -3,6 +3,8 @@ capture that recomputes from its static buffers), batched tile windows, the Samp
 real `pipeline.sample` step loop on an accelerator stand-in (meta device) without host-device waits."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,14 +13,9 @@ from fsupir_under_test.supir_modules.cuda_graphs import RecomputingCapture
 from fsupir_under_test.supir_modules.presets import SamplerSettings
 
 from ..fast_path_probes import DeviceTraffic
-from .test_pipeline_nodes import Chain, image
+from ..node_chain import image
 
 SETTINGS = SamplerSettings("restore_edm", 4, 4.0, 1.0, True, 0.9, 0.5, True, 4.0, 0.05, 5.0, 1.01, 1.0)
-
-
-@pytest.fixture
-def chain(node_mappings, tiny_supir):
-    return Chain(node_mappings, tiny_supir)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -33,7 +30,7 @@ def _run(chain, latents, pos, neg, accel, tiles=pipeline.TileOptions(), settings
 def test_graphed_sampling_equals_eager(chain, sampler):
     latents, _ = chain.encode(image())
     pos, neg = chain.condition()
-    settings = SamplerSettings(**{**SETTINGS.as_dict(), "sampler": sampler})
+    settings = dataclasses.replace(SETTINGS, sampler=sampler)
     plain = _run(chain, latents, pos, neg, pipeline.Acceleration(cuda_graph="off"), settings=settings)
     backend = RecomputingCapture()
     fast = _run(chain, latents, pos, neg, pipeline.Acceleration(capture_backend=backend), settings=settings)
@@ -48,7 +45,7 @@ def test_batched_tiles_and_graphs_equal_one_tile_at_a_time(chain, sampler):
     latents, _ = chain.encode(image(h=64, w=256, seed=2), min_size=64)  # latent 8 x 32
     pos, neg = chain.condition()
     tiles = pipeline.TileOptions(enabled=True, size=8, stride=4)  # 7 windows
-    settings = SamplerSettings(**{**SETTINGS.as_dict(), "sampler": sampler})
+    settings = dataclasses.replace(SETTINGS, sampler=sampler)
     plain = _run(chain, latents, pos, neg, pipeline.Acceleration(cuda_graph="off"), tiles, settings)
     for tile_batch in (2, 3, 7):
         out = _run(chain, latents, pos, neg, pipeline.Acceleration("off", tile_batch), tiles, settings)
@@ -92,17 +89,14 @@ class _StopAtLastStep(Exception):
 
 
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
-def test_pipeline_step_loop_never_waits_on_the_device(chain, monkeypatch, tiled):
+def test_pipeline_step_loop_never_waits_on_the_device(chain, monkeypatch, sdpa_attention, tiled):
     """`pipeline.sample` itself, with the meta device standing in for the GPU (every op runs for shapes only):
     between the first and the last step nothing is copied to or from the device except the asynchronous noise
     uploads, and no device scalar is read."""
-    import comfy.ldm.modules.attention as attention
     import comfy.model_management as mm
 
     latents, _ = chain.encode(image(h=64, w=128), min_size=64)
     pos, neg = chain.condition()
-    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)  # what CUDA runs use
-    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)
     monkeypatch.setattr(mm, "get_torch_device", lambda: torch.device("meta"))
     monkeypatch.setattr(mm, "load_models_gpu", lambda *a, **k: None)
     chain.supir.sdxl.model.diffusion_model.to("meta")
@@ -117,7 +111,7 @@ def test_pipeline_step_loop_never_waits_on_the_device(chain, monkeypatch, tiled)
             traffic.__exit__(None, None, None)
             raise _StopAtLastStep  # the result would be copied back to the host from here on
     tiles = pipeline.TileOptions(enabled=tiled, size=8, stride=4)
-    settings = SamplerSettings(**{**SETTINGS.as_dict(), "steps": steps})
+    settings = dataclasses.replace(SETTINGS, steps=steps)
     with pytest.raises(_StopAtLastStep):
         pipeline.sample(chain.supir, latents, pos, neg, settings, seed=1, tiles=tiles, callback=callback,
                         accel=pipeline.Acceleration(tile_batch=2))

@@ -10,17 +10,12 @@ import pytest
 from PIL import Image
 
 from .conftest import REPO, _selected_runtimes
-from .workflow_server import make_image, serving, tiny_models_root
+from .workflow_server import make_image, serving
 
 WORKFLOW = REPO / "workflows" / "api" / "basic_restore.json"
 # Small and quick on the tiny models: a short side of 64 px, 8 steps, no captioner (--prompt replaces it).
 FAST = ["--preset", "Lightning", "--prompt", "a photo of a cat", "--set", "FSUPIR_Encode.min_size=64"]
 CLI_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
-    return tiny_models_root(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])

@@ -28,8 +28,7 @@ import pytest
 from ..workflow_tools import (TESTS, VIRTUAL_NODES, input_images, is_link, load_api, load_ui, stems, ui_widget_values,
                               value_problem, widget_inputs)
 from .conftest import _selected_runtimes
-from .workflow_server import (TINY_SDXL_NODE, check_image, output_images, serving, put_input_image, run,
-                              tiny_models_root)
+from .workflow_server import (TINY_SDXL_NODE, check_image, output_images, serving, put_input_image, run)
 
 # Small images and short captions: the tiny models run in seconds at a short side of 64 px (the tiny random
 # LLaVA never stops before max_new_tokens).
@@ -114,9 +113,6 @@ def check_run(server, stem: str, case: Case, entry: dict) -> dict:
 
 
 # --- servers ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def models_root(tmp_path_factory):
-    return tiny_models_root(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])

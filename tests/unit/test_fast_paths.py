@@ -4,7 +4,7 @@ device.
 - Host-side denoiser scalings give the same float32 numbers as the tensor path.
 - Batched tile windows (tile_batch > 1) give exactly the per-window result.
 - CUDA-graph bookkeeping (static buffers, per-step control scale, cloned outputs, fallbacks), driven on the CPU
-  by a capture that recomputes from the static buffers (tests/fake_capture.py), matches eager and the
+  by a capture that recomputes from the static buffers (cuda_graphs.RecomputingCapture), matches eager and the
   official parity fixture.
 - The step loop on the meta device (a stand-in accelerator: it runs every op for shapes only) makes no
   blocking host<->device transfer and reads no device scalar; the network call makes no transfer at all,
@@ -55,14 +55,12 @@ def test_make_denoise_equals_the_tensor_denoiser():
 # --- batched tile windows ----------------------------------------------------------------------------------
 def _per_sample_model(target: torch.Tensor, windows, calls: list):
     """A per-sample model on stacked windows; D depends on x, sigma, control scale and the window's target."""
-    ts = mod("tiled_sampling")
-
     def tile_model(group):
         calls.append(group)
         targets = torch.cat([target[:, :, a:b, c:d] for a, b, c, d in (windows[j] for j in group)])
         return lambda x, sigma, cs: torch.tanh(x) * (0.3 + 0.01 * sigma) + targets * cs
 
-    return ts, tile_model
+    return tile_model
 
 
 @pytest.mark.parametrize("sampler", ["edm", "dpm"])
@@ -79,7 +77,7 @@ def test_batched_windows_equal_one_by_one(sampler, tile_batch):
 
     def run(batch):
         calls: list = []
-        _, tile_model = _per_sample_model(target, windows, calls)
+        tile_model = _per_sample_model(target, windows, calls)
         if sampler == "edm":
             sig = den.legacy_ddpm_sigmas(5)
             x = s.initial_latent(torch.randn(2, 4, 24, 40, generator=torch.Generator().manual_seed(1)), sig)
@@ -97,7 +95,7 @@ def test_batched_windows_equal_one_by_one(sampler, tile_batch):
     plain, plain_calls = run(1)
     fast, fast_calls = run(tile_batch)
     assert torch.equal(plain, fast)
-    per_step = len(windows) // 1, -(-len(windows) // tile_batch)
+    per_step = len(windows), -(-len(windows) // tile_batch)
     assert len(plain_calls) == 5 * per_step[0] and len(fast_calls) == 5 * per_step[1]
     assert sorted(j for group in fast_calls[:per_step[1]] for j in group) == list(range(len(windows)))
 
@@ -217,14 +215,9 @@ def test_all_on_device():
 
 # --- no host-device synchronisation in the step loop -------------------------------------------------------
 @pytest.fixture
-def on_meta(parity, monkeypatch):
-    """The parity network moved to the meta device, with the attention CUDA runs use (PyTorch SDPA; ComfyUI
-    picks a memory-probing kernel on the CPU)."""
-    import comfy.ldm.modules.attention as attention
-
+def on_meta(parity, sdpa_attention):
+    """The parity network moved to the meta device, with the attention CUDA runs use."""
     p, _ = parity
-    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
-    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)
     meta_network = build_eps_network(p, build_adaptor(p).to("meta"), build_unet(p).to("meta"))
     traffic = DeviceTraffic()
 
@@ -334,15 +327,6 @@ def _meta_step_inputs(latent: int, compute_dtype: torch.dtype):
     return (torch.empty(2, 4, latent, latent, device="meta"), torch.full((2,), 500, device="meta", dtype=torch.long),
             torch.empty(2, 77, 2048, device="meta"), torch.empty(2, 2816, device="meta"),
             torch.empty(2, 4, latent, latent, device="meta", dtype=compute_dtype))
-
-
-@pytest.fixture
-def sdpa_attention(monkeypatch):
-    """ComfyUI's attention as CUDA runs pick it (PyTorch SDPA); on the CPU it would pick a memory-probing one."""
-    import comfy.ldm.modules.attention as attention
-
-    monkeypatch.setattr(attention, "optimized_attention", attention.attention_pytorch)
-    monkeypatch.setattr(attention, "optimized_attention_masked", attention.attention_pytorch, raising=False)
 
 
 def test_full_size_step_does_the_official_work_without_transfers(pack, layout_json, sdpa_attention):

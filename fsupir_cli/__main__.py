@@ -15,12 +15,18 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only the chosen command's module is imported (`run` needs aiohttp, not torch); the command is the first
+    # word that names one, since only -v/--verbose may come before it.
+    chosen = next((a for a in argv if a in COMMANDS), None)
     parser = argparse.ArgumentParser(prog="python -m fsupir_cli", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_module=module_name)
+        if name != chosen:
+            continue
         try:
             importlib.import_module(module_name).add_arguments(p)
         except ModuleNotFoundError as e:

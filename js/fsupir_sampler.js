@@ -7,8 +7,6 @@ import { api } from "../../scripts/api.js";
 const NODE_TYPE = "FSUPIR_Sampler";
 const WIDGET_NAME = "fsupir_effective_settings";
 const LINE_HEIGHT = 16;
-const SETTINGS = ["sampler", "steps", "cfg_scale", "cfg_scale_start", "linear_cfg", "control_scale",
-  "control_scale_start", "linear_control_scale", "restore_cfg", "restore_cfg_s_tmin", "s_churn", "s_noise", "eta"];
 
 const state = { presets: null, error: null };
 
@@ -39,7 +37,8 @@ function effectiveSettings(node) {
     const values = state.presets.presets[preset];
     return values ? { preset, source: "preset", values } : { preset, source: "unknown", values: null };
   }
-  const values = Object.fromEntries(SETTINGS.map((name) => [name, widget(name)?.value]));
+  // The setting names come with the presets (SamplerSettings' fields), so this file never lists them.
+  const values = Object.fromEntries(state.presets.fields.map((name) => [name, widget(name)?.value]));
   return { preset, source: "custom", values };
 }
 

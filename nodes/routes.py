@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import fields
 
-from ..supir_modules.presets import CUSTOM, PRESETS, SAMPLERS
+from ..supir_modules.presets import CUSTOM, PRESETS, SAMPLERS, SamplerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +20,14 @@ DEFAULT_PRESET = "Fidelity"
 
 
 def presets_payload() -> dict:
-    """The presets as JSON: ``{"custom": "Custom", "default": ..., "samplers": [...], "presets": {name: {...}}}``."""
+    """The presets as JSON: ``{"custom": "Custom", "default": ..., "samplers": [...], "fields": [...],
+    "presets": {name: {...}}}``; ``fields`` names the settings (the sampler's widgets of the same names give them
+    with preset "Custom")."""
     return {
         "custom": CUSTOM,
         "default": DEFAULT_PRESET,
         "samplers": list(SAMPLERS),
+        "fields": [f.name for f in fields(SamplerSettings)],
         "presets": {name: settings.as_dict() for name, settings in PRESETS.items()},
     }
 

@@ -191,6 +191,7 @@ def test_sampler_shows_the_effective_settings_of_its_preset(frontend):
     assert "dpmpp_2m, 8 steps" in lightning["lines"] and "CFG 2, control 1" in lightning["lines"], lightning["lines"]
     custom = show("Custom", steps=12, restore_cfg=4.0, sampler="restore_edm")
     assert custom["source"] == "custom" and custom["values"]["steps"] == 12
+    assert list(custom["values"]) == presets["fields"] and None not in custom["values"].values(), custom["values"]
     assert "restore_edm, 12 steps" in custom["lines"], custom["lines"]
     assert any(line.startswith("restoration guidance 4") for line in custom["lines"]), custom["lines"]
     # Display only: not in the saved workflow, not in the prompt.

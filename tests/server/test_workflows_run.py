@@ -205,6 +205,10 @@ def test_presets_route_serves_the_sampler_presets(server, object_info):
     assert [presets["custom"], *presets["presets"]] == preset_choices
     fidelity = presets["presets"]["Fidelity"]
     assert fidelity["steps"] == 50 and fidelity["sampler"] == "restore_edm"
+    # The frontend reads a Custom preset's values from the widgets named in "fields": each must be a widget.
+    assert all(list(settings) == presets["fields"] for settings in presets["presets"].values())
+    sampler_inputs = object_info["FSUPIR_Sampler"]["input"]["required"]
+    assert [f for f in presets["fields"] if f not in sampler_inputs] == []
 
 
 def test_templates_are_listed_and_served(server):

@@ -15,6 +15,7 @@ bicubic upscale of the LQ image is scored too, as a baseline.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import io
 import json
@@ -25,12 +26,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import torch
 from PIL import Image
 
-from . import _http
-from .metrics_cmd import IMAGE_SUFFIXES, json_number, lpips_scorer_or_none
+from .client import TIMEOUT, ComfyClient, ComfyError
+from .image_files import IMAGE_SUFFIXES, image_files
+from .metrics_cmd import lpips_note, lpips_scorer_or_none, score_json
+from .run import UsageError, load_workflow
 
 try:
     from ..supir_modules import degrade, metrics
@@ -78,13 +82,10 @@ class Row:
     error: str | None = None
 
     def as_json(self) -> dict:
-        def scores(s):
-            return None if s is None else {"psnr": json_number(s.psnr), "ssim": json_number(s.ssim),
-                                           "lpips": json_number(s.lpips)}
         return {"image": self.image, "seed": self.seed, "degradation": self.degradation, "params": self.params,
                 "upscale": self.upscale, "crop_border": self.crop_border, "size": list(self.size),
-                "lq_size": list(self.lq_size), "restored": scores(self.restored), "bicubic": scores(self.bicubic),
-                "seconds": round(self.seconds, 2), "error": self.error}
+                "lq_size": list(self.lq_size), "restored": score_json(self.restored),
+                "bicubic": score_json(self.bicubic), "seconds": round(self.seconds, 2), "error": self.error}
 
 
 @dataclass
@@ -101,13 +102,10 @@ class ProtocolResult:
 
 
 # ------------------------------------------------------------------------------------------- workflow ------
-def load_workflow(path: Path) -> dict:
-    data = json.loads(path.read_text())
-    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
-        data = data["prompt"]
-    if not isinstance(data, dict) or "nodes" in data or not all(
-            isinstance(v, dict) and "class_type" in v for v in data.values()):
-        raise ValueError(f"{path} is not an API-format workflow: in ComfyUI use Workflow > Export (API)")
+def benchmark_workflow(path: Path) -> dict:
+    """The API workflow in `path` (run.load_workflow) if the benchmark can drive it: one LoadImage for the degraded
+    image, no degradation of its own; UsageError or ValueError otherwise."""
+    data = load_workflow(path)
     loaders = [k for k, v in data.items() if v["class_type"] == "LoadImage"]
     if len(loaders) != 1:
         raise ValueError(f"{path} has {len(loaders)} LoadImage nodes: the benchmark needs exactly one, for the "
@@ -162,9 +160,31 @@ def bicubic_up(lq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1)
 
 
+def saved_images(entry: dict, prefer_nodes: list[str]) -> list[dict]:
+    """Image records of a /history entry: those of `prefer_nodes` (e.g. the SaveImage nodes) first."""
+    outputs = entry.get("outputs", {})
+    order = [n for n in prefer_nodes if n in outputs] + [n for n in outputs if n not in prefer_nodes]
+    return [img for n in order for img in outputs[n].get("images", [])]
+
+
 # ------------------------------------------------------------------------------------------- run -----------
-def run_protocol(protocol: str, files: list[Path], args, client: _http.ComfyHTTP, workflow: dict,
-                 scorer) -> ProtocolResult:
+async def restore(client: ComfyClient, lq: Path, upload_name: str, workflow: dict, save_nodes: list[str],
+                  factor: float, instruction: str | None, timeout: float) -> Image.Image:
+    """Runs the workflow on ComfyUI for the degraded image `lq`; the first saved image. ComfyError on failure."""
+    name = await client.upload_image(lq, name=upload_name)
+    prompt = patch_workflow(workflow, name, factor, instruction)
+    try:
+        entry = await asyncio.wait_for(client.run(prompt), timeout)
+    except asyncio.TimeoutError:
+        raise ComfyError(f"the restoration did not finish within {timeout:.0f} s") from None
+    images = saved_images(entry, save_nodes)
+    if not images:
+        raise ComfyError("the workflow produced no image: end it with a SaveImage node")
+    return Image.open(io.BytesIO(await client.download(images[0]))).convert("RGB")
+
+
+async def run_protocol(protocol: str, files: list[Path], args, client: ComfyClient, workflow: dict,
+                       scorer) -> ProtocolResult:
     result = ProtocolResult(protocol)
     folders = {k: args.out / protocol / k for k in ("clean", "lq", "restored")}
     for f in folders.values():
@@ -184,19 +204,15 @@ def run_protocol(protocol: str, files: list[Path], args, client: _http.ComfyHTTP
                     deg.prompt or "no degradation", w, h, *row.lq_size)
         start = time.monotonic()
         try:
-            name = client.upload_image(folders["lq"] / f"{path.stem}.png", f"fsupir_bench_{protocol}_{path.stem}.png")
-            prompt = patch_workflow(workflow, name, factor, None if args.no_instruction else deg.prompt)
-            entry = client.wait(client.queue(prompt), timeout=args.timeout)
-            images = _http.output_images(entry, save_nodes)
-            if not images:
-                raise _http.ComfyError("the workflow produced no image: end it with a SaveImage node")
-            restored = Image.open(io.BytesIO(client.download(images[0]))).convert("RGB")
+            restored = await restore(client, folders["lq"] / f"{path.stem}.png",
+                                     f"fsupir_bench_{protocol}_{path.stem}.png", workflow, save_nodes, factor,
+                                     None if args.no_instruction else deg.prompt, args.timeout)
             restored.save(folders["restored"] / f"{path.stem}.png")
             ref = clean[0].double().numpy()
             row.restored = metrics.score(path.stem, np.asarray(restored, dtype=np.float64) / 255.0, ref, crop,
                                          "Y", scorer)
             row.bicubic = metrics.score(path.stem, bicubic_up(to_image(lq8), (h, w))[0], ref, crop, "Y", scorer)
-        except (_http.ComfyError, ValueError) as error:
+        except (ComfyError, ValueError) as error:
             row.error = str(error)
             logger.error("%s %s: %s", protocol, path.stem, error)
         row.seconds = time.monotonic() - start
@@ -238,38 +254,50 @@ def markdown(results: list[ProtocolResult], args) -> str:
     return "\n".join(lines)
 
 
-def to_json(results: list[ProtocolResult], args, lpips_note: str | None) -> dict:
-    def mean(s):
-        return {"psnr": json_number(s.psnr), "ssim": json_number(s.ssim), "lpips": json_number(s.lpips)}
+def to_json(results: list[ProtocolResult], args, note: str | None) -> dict:
     return {"server": args.server, "workflow": str(args.workflow), "clean": str(args.clean), "seed": args.seed,
             "instruction": not args.no_instruction,
             "scores": {"color_space": "Y", "crop_border": "ceil(scale factor), 0 without downscaling",
                        "ssim": "11x11 Gaussian window, sigma 1.5, valid region (BasicSR / MATLAB)",
-                       "lpips": lpips_note or ("AlexNet v0.1" if args.lpips else "not requested")},
+                       "lpips": note or ("AlexNet v0.1" if args.lpips else "not requested")},
             "protocols": {p.name: {"description": PROTOCOLS[p.name], "images": [r.as_json() for r in p.rows],
-                                   "mean": {k: mean(v) for k, v in p.means().items()}} for p in results}}
+                                   "mean": {k: score_json(v) for k, v in p.means().items()}} for p in results}}
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        workflow = load_workflow(args.workflow)
+        workflow = benchmark_workflow(args.workflow)
         if not args.clean.is_dir():
             raise ValueError(f"--clean {args.clean} is not a folder of images")
-        files = sorted(p for p in args.clean.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(args.clean)
         files = files[:args.limit] if args.limit > 0 else files
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {args.clean}")
-        client = _http.ComfyHTTP(args.server)
-        client.get_json("/object_info/LoadImage")  # fail early when the server is not there
-    except (ValueError, OSError, _http.ComfyError) as error:
+    except (UsageError, ValueError, OSError) as error:
         logger.error("%s", error)
         return 2
-    scorer = lpips_scorer_or_none(args.lpips)
-    lpips_note = f"LPIPS unavailable: {metrics.lpips_status()[1]}" if args.lpips and scorer is None else None
-    names = ["spire", "realesrgan"] if args.protocol == "both" else [args.protocol]
-    results = [run_protocol(name, files, args, client, workflow, scorer) for name in names]
+    return asyncio.run(run_benchmark(args, workflow, files))
+
+
+async def run_benchmark(args: argparse.Namespace, workflow: dict, files: list[Path]) -> int:
+    """Every protocol on every file, one restoration at a time; writes results.json and results.md."""
+    # A new connection per request: the degradation and scoring between requests hold the event loop (seconds
+    # on large images), so a pooled keep-alive connection that the server closed meanwhile would only be found
+    # closed when the next upload reuses it.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
+        try:
+            client = ComfyClient(args.server, session)
+            await client.check()  # fail early when the server is not there
+        except ComfyError as error:
+            logger.error("%s", error)
+            return 2
+        scorer = lpips_scorer_or_none(args.lpips)
+        names = ["spire", "realesrgan"] if args.protocol == "both" else [args.protocol]
+        results = [await run_protocol(name, files, args, client, workflow, scorer) for name in names]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(to_json(results, args, lpips_note), indent=2) + "\n")
+    (args.out / "results.json").write_text(
+        json.dumps(to_json(results, args, lpips_note(args.lpips, scorer)), indent=2) + "\n")
     table = markdown(results, args)
     (args.out / "results.md").write_text(table)
     sys.stdout.write(table)

@@ -88,6 +88,8 @@ class ComfyClient:
     """One client id per instance, so the server sends this client the messages of its own prompts."""
 
     def __init__(self, server: str, session: aiohttp.ClientSession, client_id: str | None = None):
+        if not server.startswith(("http://", "https://")):
+            raise ComfyError(f"server URL {server!r} needs a scheme, e.g. http://127.0.0.1:8188")
         self.server = server.rstrip("/")
         self.session = session
         self.client_id = client_id or f"fsupir-cli-{uuid.uuid4().hex}"
@@ -111,10 +113,12 @@ class ComfyClient:
             raise ComfyError(f"{self.server} does not look like ComfyUI: GET /system_stats answered "
                              f"HTTP {e.status}") from None
 
-    async def upload_image(self, path: Path, subfolder: str = "") -> str:
-        """Uploads `path` into ComfyUI's input folder (replacing a file of that name); the name Load Image takes."""
+    async def upload_image(self, path: Path, subfolder: str = "", name: str | None = None) -> str:
+        """Uploads `path` into ComfyUI's input folder as `name` (default: its own name), replacing a file of that
+        name; returns the name Load Image takes."""
         form = aiohttp.FormData()
-        form.add_field("image", path.read_bytes(), filename=path.name, content_type="application/octet-stream")
+        form.add_field("image", path.read_bytes(), filename=name or path.name,
+                       content_type="application/octet-stream")
         form.add_field("type", "input")
         form.add_field("subfolder", subfolder)
         form.add_field("overwrite", "true")

@@ -17,8 +17,9 @@ try:
 except ImportError:  # `python -m fsupir_cli` from the pack's folder: supir_modules is a top-level package
     from supir_modules import metrics
 
+from .image_files import image_files
+
 logger = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def _images(path: Path) -> dict[str, Path]:
     if path.is_file():
         return {path.stem: path}
     if path.is_dir():
-        return {p.stem: p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        return {p.stem: p for p in image_files(path)}
     raise ValueError(f"{path} does not exist: give an image file or a folder of images")
 
 
@@ -74,9 +75,21 @@ def lpips_scorer_or_none(wanted: bool) -> metrics.LpipsScorer | None:
         return None
 
 
+def lpips_note(wanted: bool, scorer: metrics.LpipsScorer | None) -> str | None:
+    """Why LPIPS is missing from the scores when it was asked for, for the JSON report; None otherwise."""
+    return f"LPIPS unavailable: {metrics.lpips_status()[1]}" if wanted and scorer is None else None
+
+
 def json_number(value: float | None) -> float | None:
     """JSON has no infinity: identical images (PSNR inf) are written as null."""
     return None if value is None or math.isinf(value) else round(float(value), 6)
+
+
+def score_json(score: metrics.Score | None) -> dict | None:
+    """{"psnr", "ssim", "lpips"} of a score as JSON numbers (None for a missing score or value)."""
+    if score is None:
+        return None
+    return {"psnr": json_number(score.psnr), "ssim": json_number(score.ssim), "lpips": json_number(score.lpips)}
 
 
 def markdown_table(scores: list[metrics.Score], mean: metrics.Score, extra: dict | None = None) -> str:
@@ -106,12 +119,9 @@ def main(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{len(scores)} image(s), {args.color_space}, crop border {args.crop_border}\n\n")
     sys.stdout.write(markdown_table(scores, mean))
     if args.json:
-        note = f"LPIPS unavailable: {metrics.lpips_status()[1]}" if args.lpips and scorer is None else None
-        payload = {"color_space": args.color_space, "crop_border": args.crop_border, "lpips_note": note,
-                   "images": [{"image": s.name, "psnr": json_number(s.psnr), "ssim": json_number(s.ssim),
-                               "lpips": json_number(s.lpips)} for s in scores],
-                   "mean": {"psnr": json_number(mean.psnr), "ssim": json_number(mean.ssim),
-                            "lpips": json_number(mean.lpips)}}
+        payload = {"color_space": args.color_space, "crop_border": args.crop_border,
+                   "lpips_note": lpips_note(args.lpips, scorer),
+                   "images": [{"image": s.name, **score_json(s)} for s in scores], "mean": score_json(mean)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
         logger.info("wrote %s", args.json)

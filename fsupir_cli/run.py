@@ -37,12 +37,12 @@ from pathlib import Path
 import aiohttp
 
 from .client import TIMEOUT, ComfyClient, ComfyError, Event
+from .image_files import IMAGE_SUFFIXES, image_files
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVER = os.environ.get("COMFYUI_URL", "http://127.0.0.1:8188")
 UPLOAD_SUBFOLDER = "fsupir_cli"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SEEDED = ("FSUPIR_Sampler", "FSUPIR_Encode", "FSUPIR_LLaVACaption")
 RESTORED_FROM = "FSUPIR_TiledDecode"
 
@@ -76,12 +76,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- the workflow ----------------------------------------------------------------------------------------------
 def load_workflow(path: Path) -> dict:
+    """The API-format workflow in `path` (also as the ``{"prompt": ...}`` body of a POST /prompt); UsageError
+    for a missing file, a UI workflow or anything else."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"workflow {path} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"workflow {path} is not JSON: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict) and "class_type" not in data["prompt"]:
+        data = data["prompt"]
     if isinstance(data, dict) and "nodes" in data and "links" in data:
         api_twin = path.parent / "api" / path.name
         hint = f" (its API twin is {api_twin})" if api_twin.is_file() else ""
@@ -246,7 +250,7 @@ def batch_inputs(args) -> list[Path | None]:
         return [None]
     if not args.image_dir.is_dir():
         raise UsageError(f"--image-dir {args.image_dir}: no such folder")
-    images = sorted(p for p in args.image_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(args.image_dir)
     if not images:
         raise UsageError(f"--image-dir {args.image_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     stems: dict[str, Path] = {}

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from fsupir_under_test.fsupir_cli import client, run
+from fsupir_under_test.fsupir_cli.image_files import image_files
 
 from ..workflow_tools import API_DIR, WORKFLOWS, load_api
 
@@ -83,3 +84,21 @@ def test_comfyui_messages_are_readable():
     assert client.format_execution_error(error, prompt) == \
         f"ComfyUI failed in node {sampler} (Restore (SUPIR sampler), FSUPIR_Sampler): ValueError: bad size"
     assert client.websocket_url("https://host:1/comfy/", "abc") == "wss://host:1/comfy/ws?clientId=abc"
+
+
+def test_post_prompt_body_is_read_as_its_workflow(tmp_path):
+    api = load_api("basic_restore")
+    (tmp_path / "body.json").write_text(json.dumps({"prompt": api, "client_id": "abc"}))
+    assert run.load_workflow(tmp_path / "body.json") == api
+
+
+def test_server_url_needs_a_scheme():
+    with pytest.raises(client.ComfyError, match="'127.0.0.1:8188' needs a scheme, e.g. http://"):
+        client.ComfyClient("127.0.0.1:8188", session=None)
+
+
+def test_image_files_are_files_with_an_image_suffix(tmp_path):
+    for name in ("b.PNG", "a.jpg", "notes.txt", "c.webp"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    assert [p.name for p in image_files(tmp_path)] == ["a.jpg", "b.PNG", "c.webp"]

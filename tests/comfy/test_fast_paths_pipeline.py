@@ -14,12 +14,9 @@ from fsupir_under_test.supir_modules.presets import SamplerSettings
 
 from ..fast_path_probes import DeviceTraffic
 from ..node_chain import image
+from ..unit.parity_helpers import rel_err
 
 SETTINGS = SamplerSettings("restore_edm", 4, 4.0, 1.0, True, 0.9, 0.5, True, 4.0, 0.05, 5.0, 1.01, 1.0)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max())
 
 
 def _run(chain, latents, pos, neg, accel, tiles=pipeline.TileOptions(), settings=SETTINGS):
@@ -35,7 +32,7 @@ def test_graphed_sampling_equals_eager(chain, sampler):
     backend = RecomputingCapture()
     fast = _run(chain, latents, pos, neg, pipeline.Acceleration(capture_backend=backend), settings=settings)
     assert backend.captures == 1 and backend.replays == settings.steps
-    assert rel(fast, plain) < 1e-5
+    assert rel_err(fast, plain) < 1e-5
     # "auto" on a machine without CUDA is the eager path itself.
     assert torch.equal(_run(chain, latents, pos, neg, pipeline.Acceleration(), settings=settings), plain)
 
@@ -49,12 +46,12 @@ def test_batched_tiles_and_graphs_equal_one_tile_at_a_time(chain, sampler):
     plain = _run(chain, latents, pos, neg, pipeline.Acceleration(cuda_graph="off"), tiles, settings)
     for tile_batch in (2, 3, 7):
         out = _run(chain, latents, pos, neg, pipeline.Acceleration("off", tile_batch), tiles, settings)
-        assert rel(out, plain) < 1e-5, tile_batch
+        assert rel_err(out, plain) < 1e-5, tile_batch
     backend = RecomputingCapture()
     out = _run(chain, latents, pos, neg, pipeline.Acceleration(tile_batch=3, capture_backend=backend), tiles, settings)
     assert backend.captures == 2  # groups of 3, 3 and 1 windows: two shapes
     assert backend.replays == settings.steps * 3
-    assert rel(out, plain) < 1e-5
+    assert rel_err(out, plain) < 1e-5
 
 
 def test_per_tile_captions_stay_with_their_tiles_when_batched(chain):
@@ -63,11 +60,11 @@ def test_per_tile_captions_stay_with_their_tiles_when_batched(chain):
     tiles = pipeline.TileOptions(enabled=True, size=8, stride=8)
     one = _run(chain, latents, pos, neg, pipeline.Acceleration("off", 1), tiles)
     batched = _run(chain, latents, pos, neg, pipeline.Acceleration("off", 2), tiles)
-    assert rel(batched, one) < 1e-5
+    assert rel_err(batched, one) < 1e-5
     # ... and the captions matter: swapping two of them changes the result (on these tiny random weights by
     # far more than the batching tolerance above).
     swapped, _ = chain.condition(["middle", "left", "right"], captions_are=["one per tile"])
-    assert rel(_run(chain, latents, swapped, neg, pipeline.Acceleration("off", 2), tiles), one) > 1e-4
+    assert rel_err(_run(chain, latents, swapped, neg, pipeline.Acceleration("off", 2), tiles), one) > 1e-4
 
 
 def test_sampler_node_options(chain):
@@ -76,7 +73,7 @@ def test_sampler_node_options(chain):
     old_style = chain.sample(latents, pos, neg)["samples"]  # a workflow saved before the options existed
     assert torch.equal(chain.sample(latents, pos, neg, cuda_graph="off", tile_batch=4)["samples"], old_style)
     tiled = dict(tiled=True, tile_size=64, tile_stride=32)
-    assert rel(chain.sample(latents, pos, neg, tile_batch=3, **tiled)["samples"],
+    assert rel_err(chain.sample(latents, pos, neg, tile_batch=3, **tiled)["samples"],
                chain.sample(latents, pos, neg, **tiled)["samples"]) < 1e-5
     with pytest.raises(ValueError, match="cuda_graph must be one of .*got 'always'"):
         chain.sample(latents, pos, neg, cuda_graph="always")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import random
 import sys
@@ -23,11 +22,6 @@ from fsupir_under_test.supir_modules.checkpoint import (
     require_sdxl,
     split_supir_state_dict,
 )
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("SUPIR_PARITY_FIXTURES", REPO.parent / "shared" / "fixtures" / "parity"))
-TINY_SUPIR = FIXTURES / "tiny_supir.safetensors"
-LAYOUT = FIXTURES.parent / "supir_v0_layout.json"
 
 
 # --- tiny state dicts in the real key layouts ------------------------------------------------------------
@@ -379,9 +373,8 @@ def test_classify_sdxl_refiner_is_unknown_and_named() -> None:
                 "sd_xl_base_1.0")
 
 
-@pytest.mark.skipif(not LAYOUT.exists(), reason="supir_v0_layout.json fixture not present")
-def test_full_size_layout_by_names_and_meta() -> None:
-    layout = json.loads(LAYOUT.read_text())
+def test_full_size_layout_by_names_and_meta(layout_json: Path) -> None:
+    layout = json.loads(layout_json.read_text())
     assert len(layout["supir_keys"]) == 1035
     assert classify_state_dict(dict.fromkeys(layout["supir_keys"])) == "supir_pruned"
     assert classify_state_dict(layout["shapes"]) == "supir_full"
@@ -397,13 +390,14 @@ def test_full_size_layout_by_names_and_meta() -> None:
     assert {k.split(".")[0] for k in parts.connectors} == {str(i) for i in range(12)}
 
 
-@pytest.mark.skipif(not TINY_SUPIR.exists(), reason="parity fixture not present")
-def test_parity_fixture(tmp_path: Path) -> None:
-    sd = read_state_dict(TINY_SUPIR)
+def test_parity_fixture(parity_dir: Path, tmp_path: Path) -> None:
+    """The fixture's weights read through read_state_dict itself (not the shared `parity` fixture)."""
+    weights_file = parity_dir / "tiny_supir.safetensors"
+    sd = read_state_dict(weights_file)
     assert classify_state_dict(sd) == "supir_full"
-    require_sdxl(sd, TINY_SUPIR)  # a full SUPIR file holds the SDXL UNet and VAE
-    parts = split_supir_state_dict(sd, TINY_SUPIR)
-    assert parts.kind == "supir_full" and parts.path == str(TINY_SUPIR)
+    require_sdxl(sd, weights_file)  # a full SUPIR file holds the SDXL UNet and VAE
+    parts = split_supir_state_dict(sd, weights_file)
+    assert parts.kind == "supir_full" and parts.path == str(weights_file)
     for name, group, prefix in (("control", parts.control, SUPIR_PREFIXES[0]),
                                 ("connectors", parts.connectors, SUPIR_PREFIXES[1]),
                                 ("denoise", parts.denoise_encoder, SUPIR_PREFIXES[2])):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity_helpers import load_parity, mod, rel_err
+from parity_helpers import mod, rel_err
 
 COLORFIX_TOL = 1e-6
 
@@ -20,8 +20,8 @@ def cf(pack):
 
 
 @pytest.fixture(scope="module")
-def case(pack, parity_dir):
-    c = load_parity(parity_dir).case
+def case(pack, parity):
+    c = parity.case
     return {k: c[k].float() for k in ("decoded", "stage1", "colorfix_wavelet", "colorfix_adain")}
 
 

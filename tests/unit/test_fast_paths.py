@@ -17,8 +17,7 @@ import logging
 import pytest
 import torch
 
-from parity_helpers import (build_adaptor, build_eps_network, build_unet, full_size_on_meta, load_parity, mod,
-                            rel_err)
+from parity_helpers import build_adaptor, build_eps_network, build_unet, full_size_on_meta, mod, rel_err
 
 from ..fast_path_probes import DeviceTraffic
 
@@ -109,9 +108,9 @@ def test_window_groups_validate():
 
 # --- CUDA graph bookkeeping --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def parity(pack, parity_dir):
-    p = load_parity(parity_dir)
-    return p, build_eps_network(p)
+def parity_network(pack, parity):
+    """(the parity fixture, its eps network on the fixture's weights)."""
+    return parity, build_eps_network(parity)
 
 
 def _replay_official(p, network):
@@ -132,8 +131,8 @@ def _replay_official(p, network):
         x_center=c["center_latent"])
 
 
-def test_graphed_network_matches_eager_and_the_official_code(parity):
-    p, eps_network = parity
+def test_graphed_network_matches_eager_and_the_official_code(parity_network):
+    p, eps_network = parity_network
     assert p.config["sampler"]["use_linear_control_scale"]  # the control scale changes every step
     backend = mod("cuda_graphs").RecomputingCapture()
     graphed = mod("cuda_graphs").GraphedNetwork(eps_network, backend)
@@ -145,8 +144,8 @@ def test_graphed_network_matches_eager_and_the_official_code(parity):
     assert rel_err(fast, p.case["samples"]) < 1e-4
 
 
-def test_graphed_network_copies_every_input_and_hands_out_copies(parity):
-    _, eps_network = parity
+def test_graphed_network_copies_every_input_and_hands_out_copies(parity_network):
+    _, eps_network = parity_network
     graphed = mod("cuda_graphs").GraphedNetwork(eps_network, mod("cuda_graphs").RecomputingCapture())
     gen = torch.Generator().manual_seed(5)
 
@@ -168,11 +167,10 @@ def test_graphed_network_copies_every_input_and_hands_out_copies(parity):
     assert rel_err(graphed(*args, 0.7), eps_network(*args, 0.7)) < 1e-6 and len(graphed.graphs) == 3
 
 
-def test_connectors_at_scale_one_skip_the_blend_exactly(parity):
+def test_connectors_at_scale_one_skip_the_blend_exactly(pack, parity):
     """At a host control scale of exactly 1 the connectors return their transform without blending (h * 1 +
     h_raw * 0); the result is identical to the blended one (a device scale of 1 takes the blending path)."""
-    p, _ = parity
-    adaptor = build_adaptor(p)
+    adaptor = build_adaptor(parity)
     gen = torch.Generator().manual_seed(2)
     for module in adaptor.project_modules:
         if type(module).__name__ == "ZeroSFT":
@@ -194,8 +192,8 @@ def test_connectors_at_scale_one_skip_the_blend_exactly(parity):
     (mod("cuda_graphs").RecomputingCapture(fail=RuntimeError("operation not permitted when stream is capturing")), "capture failed"),
     (mod("cuda_graphs").RecomputingCapture(corrupt=True), "the replay differs from eager"),
 ])
-def test_failed_or_wrong_capture_falls_back_to_eager(parity, caplog, backend, why):
-    p, eps_network = parity
+def test_failed_or_wrong_capture_falls_back_to_eager(parity_network, caplog, backend, why):
+    p, eps_network = parity_network
     graphed = mod("cuda_graphs").GraphedNetwork(eps_network, backend)
     with caplog.at_level(logging.WARNING):
         fast = _replay_official(p, graphed)
@@ -215,10 +213,9 @@ def test_all_on_device():
 
 # --- no host-device synchronisation in the step loop -------------------------------------------------------
 @pytest.fixture
-def on_meta(parity, sdpa_attention):
+def on_meta(pack, parity, sdpa_attention):
     """The parity network moved to the meta device, with the attention CUDA runs use."""
-    p, _ = parity
-    meta_network = build_eps_network(p, build_adaptor(p).to("meta"), build_unet(p).to("meta"))
+    meta_network = build_eps_network(parity, build_adaptor(parity).to("meta"), build_unet(parity).to("meta"))
     traffic = DeviceTraffic()
 
     def eps_network(*args):
@@ -228,7 +225,7 @@ def on_meta(parity, sdpa_attention):
         finally:
             traffic.in_network = False
 
-    return p, eps_network, traffic
+    return parity, eps_network, traffic
 
 
 def _meta_loop(p, network, traffic, sampler: str, tiled: bool, steps: int = 5):

@@ -8,19 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity_helpers import build_adaptor, build_unet, build_vae, load_parity, mod, rel_err
+from parity_helpers import build_adaptor, build_unet, build_vae, mod, rel_err
 
 NETWORK_TOL = 1e-5
 VAE_TOL = 5e-5
 
 
 @pytest.fixture(scope="module")
-def parity(pack, parity_dir):
-    return load_parity(parity_dir)
-
-
-@pytest.fixture(scope="module")
-def adaptor(parity):
+def adaptor(pack, parity):
     return build_adaptor(parity)
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parity_helpers import build_eps_network, load_parity, mod, rel_err
+from parity_helpers import build_eps_network, mod, rel_err
 
 TRAJECTORY_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup(pack, parity_dir):
-    p = load_parity(parity_dir)
-    return p, mod("denoiser").make_denoise(build_eps_network(p))
+def setup(pack, parity):
+    return parity, mod("denoiser").make_denoise(build_eps_network(parity))
 
 
 def official_settings(p):

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from parity_helpers import build_vae, load_parity, mod
+from parity_helpers import build_vae, mod, rel_err
 
 H, W = 192, 160
 ENC_TILE, ENC_PAD = 64, 32
@@ -61,8 +61,8 @@ def tiny(pack):
 
 
 @pytest.fixture(scope="module")
-def parity_vae(pack, parity_dir):
-    return build_vae(load_parity(parity_dir))
+def parity_vae(pack, parity):
+    return build_vae(parity)
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +72,6 @@ def image() -> torch.Tensor:
     texture = torch.nn.functional.interpolate(torch.rand(1, 3, H // 8, W // 8, generator=g) * 2 - 1, size=(H, W),
                                               mode="bicubic")
     return (0.6 * torch.stack([xx, yy, -xx * yy])[None] + 0.3 * texture).clamp(-1, 1)
-
-
-def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    assert a.shape == ref.shape, (tuple(a.shape), tuple(ref.shape))
-    return ((a - ref).abs().max() / ref.abs().max()).item()
 
 
 def _naive(tv, net, x, tile, pad, align, scale):
@@ -123,9 +118,9 @@ def runs(tv, tiny, image):
 
 # --- one tile -----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def test_one_tile_calls_the_module(tv, parity_vae, pack, parity_dir):
+def test_one_tile_calls_the_module(tv, parity_vae, pack, parity):
     vae, robust = parity_vae
-    lq = load_parity(parity_dir).case["lq"].float()  # 128x96: fits 512 + 2*32
+    lq = parity.case["lq"].float()  # 128x96: fits 512 + 2*32
     assert torch.equal(tv.tiled_encode(vae.encoder, lq), vae.encoder(lq))
     assert torch.equal(tv.tiled_encode(robust.denoise_encoder, lq), robust.denoise_encoder(lq))
     z = torch.randn(1, 4, 16, 12, generator=torch.Generator().manual_seed(0))
@@ -143,19 +138,19 @@ def test_the_tiled_walk_is_the_forward_pass(tv, tiny, parity_vae, image):
     for net, g in ((enc, f), (vae.encoder, 8), (robust.denoise_encoder, 8)):
         out = tv._run_tiled(tv._encoder_program(net), x, whole(96), whole(64), lambda v: v // g, cpu, cpu,
                             False, None)
-        assert rel(out, net(x)) < TILED_ONE_TILE_TOL
+        assert rel_err(out, net(x)) < TILED_ONE_TILE_TOL
     z = torch.randn(1, 4, 20, 16, generator=torch.Generator().manual_seed(1))
     for net, g in ((dec, f), (vae.decoder, 8)):
         out = tv._run_tiled(tv._decoder_program(net), z, whole(20), whole(16), lambda v: v * g, cpu, cpu,
                             True, None)
-        assert rel(out, net(z)) < TILED_ONE_TILE_TOL
+        assert rel_err(out, net(z)) < TILED_ONE_TILE_TOL
 
 
 # --- several tiles ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("part", ["encode", "decode"])
 def test_tiled_is_close_to_untiled(runs, part):
     r = runs[part]
-    official, valid, naive = rel(r["official"], r["ref"]), rel(r["valid"], r["ref"]), rel(r["naive"], r["ref"])
+    official, valid, naive = (rel_err(r[k], r["ref"]) for k in ("official", "valid", "naive"))
     assert r["row_bounds"] and r["col_bounds"]  # several tiles each way
     assert official < OFFICIAL_TOL, official
     assert official < 0.85 * naive, (official, naive)  # synchronised statistics beat independent tiles

@@ -3,12 +3,9 @@ interface, batches, RGBA, determinism, and the Degrade prompt wired into the Con
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch
-
-from ..tiny_models import write_sdxl, write_supir_pruned
 
 DEGRADE, QUALITY = "FSUPIR_DegradeImage", "FSUPIR_ImageQuality"
 SPEC_PROMPT = "Deblur with sigma 3.0; Upsample to 4.0x; Denoise with sigma 0.10; Dejpeg with quality 40"
@@ -129,17 +126,8 @@ def test_quality_mismatches_are_clear(nodes):
 
 
 # --- the Degrade prompt wired into the Conditioner --------------------------------------------------------
-@pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spire_written")
-    return {"checkpoints/tiny_sdxl.safetensors": write_sdxl(root / "tiny_sdxl.safetensors"),
-            "SUPIR/SUPIR-tiny.safetensors": write_supir_pruned(root / "SUPIR-tiny.safetensors")}
-
-
-def test_degrade_prompt_changes_the_conditioning(nodes, node_mappings, models_dir, written):
-    for rel, src in written.items():
-        os.link(src, models_dir / rel)
-    _, clip, _ = node_mappings["FSUPIR_Loader"]().load("SUPIR-tiny.safetensors", "tiny_sdxl.safetensors", "fp32")
+def test_degrade_prompt_changes_the_conditioning(nodes, node_mappings, tiny_supir):
+    _, clip, _ = tiny_supir  # the SUPIR Loader node's CLIP on the tiny files (comfy/conftest.py)
     _, prompt = degrade(nodes, image(), blur_sigma=3.0, downsample=4.0, noise_sigma=0.1, jpeg_quality=40)
     conditioner = node_mappings["FSUPIR_Conditioner"]()
 

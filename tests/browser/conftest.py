@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ..server.conftest import _selected_runtimes
-from ..server.workflow_server import make_image, serving
+from ..server.conftest import _selected_runtimes, serving
+from ..server.workflow_server import make_image
 from ..workflow_tools import REPO, input_images, load_api, stems
 
 CHROMIUM = os.environ.get("SUPIR_CHROMIUM", "/usr/bin/chromium")

@@ -7,6 +7,7 @@ folder. Runtimes come from ``SUPIR_RUNTIMES`` (default ``<repo>/.runtime``); ``S
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -144,21 +146,29 @@ def _launch(runtime: str, work: Path, started: list, models_root: Path | None = 
     return server
 
 
+@contextlib.contextmanager
+def serving(runtime: str, tmp_path_factory, models_root: Path | None = None, extra_args=()) -> Iterator[ComfyServer]:
+    """A real ComfyUI of ``runtime`` (its folders in a new temporary folder), stopped when the block ends, also when
+    it never came up. ``models_root`` is a folder whose subfolders (``SUPIR/``, ``checkpoints/``...) are added
+    through ``--extra-model-paths-config``."""
+    started: list[subprocess.Popen] = []
+    try:
+        yield _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root, extra_args)
+    finally:
+        for process in started:
+            _stop(process)
+
+
 @pytest.fixture
 def start_comfy_server(tmp_path_factory):
-    """Factory: ``start_comfy_server(runtime, models_root=None, extra_args=())`` -> a started ComfyServer.
-
-    ``models_root`` is a folder whose subfolders (``SUPIR/``, ``checkpoints/``...) are added through
-    ``--extra-model-paths-config``. The servers a test starts are stopped when it ends.
+    """Factory: ``start_comfy_server(runtime, models_root=None, extra_args=())`` -> a started ComfyServer
+    (``serving``'s arguments). The servers a test starts are stopped when it ends.
     """
-    started: list[subprocess.Popen] = []
+    with contextlib.ExitStack() as servers:
+        def start(runtime: str, models_root: Path | None = None, extra_args=()) -> ComfyServer:
+            return servers.enter_context(serving(runtime, tmp_path_factory, models_root, extra_args))
 
-    def start(runtime: str, models_root: Path | None = None, extra_args=()) -> ComfyServer:
-        return _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root, extra_args)
-
-    yield start
-    for process in started:
-        _stop(process)
+        yield start
 
 
 @pytest.fixture(params=[pytest.param(r, id=r) for r in _selected_runtimes()])
@@ -170,9 +180,5 @@ def runtime(request) -> str:
 @pytest.fixture(scope="module", params=[pytest.param(r, id=r) for r in _selected_runtimes()])
 def comfy_server(request, tmp_path_factory) -> ComfyServer:
     """A server per runtime without test models, shared by the tests of one module and stopped after it."""
-    started: list[subprocess.Popen] = []
-    try:
-        yield _launch(request.param, tmp_path_factory.mktemp(f"server-{request.param}"), started)
-    finally:
-        for process in started:
-            _stop(process)
+    with serving(request.param, tmp_path_factory) as server:
+        yield server

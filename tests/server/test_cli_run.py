@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import REPO, _selected_runtimes
-from .workflow_server import make_image, serving
+from .conftest import REPO, _selected_runtimes, serving
+from .workflow_server import make_image
 
 WORKFLOW = REPO / "workflows" / "api" / "basic_restore.json"
 # Small and quick on the tiny models: a short side of 64 px, 8 steps, no captioner (--prompt replaces it).

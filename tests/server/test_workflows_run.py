@@ -27,8 +27,8 @@ import pytest
 
 from ..workflow_tools import (TESTS, VIRTUAL_NODES, input_images, is_link, load_api, load_ui, stems, ui_widget_values,
                               value_problem, widget_inputs)
-from .conftest import _selected_runtimes
-from .workflow_server import (TINY_SDXL_NODE, check_image, output_images, serving, put_input_image, run)
+from .conftest import _selected_runtimes, serving
+from .workflow_server import TINY_SDXL_NODE, check_image, output_images, put_input_image, run
 
 # Small images and short captions: the tiny models run in seconds at a short side of 64 px (the tiny random
 # LLaVA never stops before max_new_tokens).

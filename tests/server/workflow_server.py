@@ -1,8 +1,8 @@
-"""Helpers of the server tier's workflow tests (no test functions here): servers with tiny models under the names
-the shipped workflows use, small input images, and running an API prompt to its end over HTTP."""
+"""Helpers of the server tier's workflow tests (no test functions here): tiny models under the names the shipped
+workflows use (for conftest.serving's models_root), small input images, and running an API prompt to its end over
+HTTP."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import time
@@ -10,13 +10,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from ..workflow_tools import all_model_references, write_tiny_models
-from .conftest import ComfyServer, _launch, _stop
+from .conftest import ComfyServer
 
 RUN_TIMEOUT_S = 300
 
@@ -69,17 +68,6 @@ def tiny_models_root(tmp_path_factory) -> Path:
     """A models folder with tiny models under every name the shipped workflows pick."""
     root = tmp_path_factory.mktemp("tiny-models")
     return write_tiny_models(root / "models", all_model_references(), root / "cache")
-
-
-@contextlib.contextmanager
-def serving(runtime: str, tmp_path_factory, models_root: Path) -> Iterator[ComfyServer]:
-    """A real ComfyUI of `runtime` with `models_root` as extra model paths, stopped when the block ends."""
-    started: list = []
-    try:
-        yield _launch(runtime, tmp_path_factory.mktemp(f"server-{runtime}"), started, models_root)
-    finally:
-        for process in started:
-            _stop(process)
 
 
 def input_dir(server: ComfyServer) -> Path:

@@ -10,16 +10,16 @@ ComfyUI imports it from ``custom_nodes/<any name>/``: so a test fails if the pac
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from .tiny_models import PACK_MODULE_NAME, pack_package
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
-PACK_MODULE_NAME = "fsupir_under_test"
 DEFAULT_RUNTIME = "comfy-0.3.75"
 
 
@@ -95,21 +95,10 @@ def comfy_root() -> Path:
     return COMFY_ROOT
 
 
-def _register_pack_package():
-    """Registers the repository as the package ``fsupir_under_test`` without running its ``__init__.py``.
-
-    Submodules then import normally (``from fsupir_under_test.supir_modules import checkpoint`` at the top of a
-    test file), without the node layer; the ``pack`` fixture runs ``__init__.py`` on this same module object.
-    """
-    spec = importlib.util.spec_from_file_location(
-        PACK_MODULE_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_MODULE_NAME] = module
-    return module
-
-
-_PACK = _register_pack_package()
+# The repository as the package ``fsupir_under_test``, its ``__init__.py`` not run (tests/tiny_models.py's
+# pack_package): test files import submodules at their top (``from fsupir_under_test.supir_modules import
+# checkpoint``) without the node layer; the ``pack`` fixture runs ``__init__.py`` on this same module object.
+_PACK = pack_package()
 _pack_state: dict = {"ran": False, "error": None}
 
 

@@ -8,6 +8,11 @@
   `model.diffusion_model.project_modules.*`, `first_stage_model.denoise_encoder.*`), see
   docs/supir-reference.md sections 1-2.
 - `write_*`: files as users have them (official .ckpt wraps a `state_dict`; pruned SUPIR is fp16 safetensors).
+- `tiny_sdxl_clip_target`, `tiny_supported_model`, `tiny_config_vae`: what ComfyUI's model table needs to load the
+  tiny SDXL through its standard path (registered by tests/comfy/test_sdxl_loader.py per test, and by the server
+  tier's test-only custom node for a server's life).
+- `pack_package`: the repository registered as the package `fsupir_under_test` (tests/conftest.py's, and this
+  file's when it is used outside pytest).
 
 Every tensor comes from a real module's state dict (ComfyUI's UNetModel and VAE, an HF-CLIP-shaped and an
 open_clip-shaped text tower, the pack's GLVControl / connectors / degradation-robust encoder), so shapes agree
@@ -31,7 +36,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parent.parent
-PACK_MODULE_NAME = "fsupir_under_test"  # as tests/conftest.py imports the pack
+PACK_MODULE_NAME = "fsupir_under_test"  # the pack's name in every test process (tests/conftest.py)
 
 UNET_PREFIX = "model.diffusion_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
@@ -74,6 +79,11 @@ TINY_VAE_DDCONFIG = {
     "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
 }
 VAE_EMBED_DIM = 4
+# ComfyUI's table entry (comfy.supported_models.*.unet_config) that matches the tiny SDXL.
+TINY_SDXL_TABLE_ENTRY = {
+    "model_channels": 64, "use_linear_in_transformer": True, "transformer_depth": [0, 0, 1, 1, 1, 1],
+    "context_dim": CONTEXT_DIM, "adm_in_channels": ADM_IN_CHANNELS, "use_temporal_attention": False,
+}
 
 
 # --- deterministic values --------------------------------------------------------------------------------
@@ -97,13 +107,27 @@ def _randomized(module: nn.Module, prefix: str, seed: int) -> dict[str, torch.Te
     return out
 
 
-def _pack_module(name: str):
-    """The pack's `supir_modules.<name>` under tests/conftest.py's package name (registered here as conftest does,
-    without running the root __init__, when this file is used outside pytest)."""
-    if PACK_MODULE_NAME not in sys.modules:
+def pack_package():
+    """The repository as the package `fsupir_under_test` in sys.modules, registered on first use without running
+    its `__init__.py`.
+
+    Submodules then import normally (`from fsupir_under_test.supir_modules import checkpoint`), without the node
+    layer. tests/conftest.py registers it before any test module is imported, and its `pack` fixture runs
+    `__init__.py` on this same module object; outside pytest (the server tier's test-only node) it is registered
+    on the first `_pack_module` call.
+    """
+    module = sys.modules.get(PACK_MODULE_NAME)
+    if module is None:
         spec = importlib.util.spec_from_file_location(PACK_MODULE_NAME, REPO / "__init__.py",
                                                       submodule_search_locations=[str(REPO)])
-        sys.modules[PACK_MODULE_NAME] = importlib.util.module_from_spec(spec)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_MODULE_NAME] = module
+    return module
+
+
+def _pack_module(name: str):
+    """The pack's `supir_modules.<name>` (see pack_package)."""
+    pack_package()
     return importlib.import_module(f"{PACK_MODULE_NAME}.supir_modules.{name}")
 
 
@@ -285,3 +309,43 @@ def write_supir_pruned(path: str | Path, seed: int = 0) -> Path:
 
 def write_sd15_like(path: str | Path, fmt: str = "safetensors", seed: int = 0) -> Path:
     return write_checkpoint(tiny_sd15_state_dict(seed), path, fmt)
+
+
+# --- the tiny SDXL in ComfyUI's model table --------------------------------------------------------------
+def tiny_sdxl_clip_target(sdxl_sd: dict[str, torch.Tensor] | None = None):
+    """The pack's shaped CLIP target (sdxl_clip.shaped_clip_target) for the text encoders of `sdxl_sd` (default:
+    `tiny_sdxl_state_dict()`), as ComfyUI's SDXL config renames them."""
+    import comfy.model_detection
+    import comfy.supported_models
+
+    sdxl_sd = tiny_sdxl_state_dict() if sdxl_sd is None else sdxl_sd
+    probe = comfy.supported_models.SDXL(comfy.model_detection.detect_unet_config(sdxl_sd, UNET_PREFIX))
+    return _pack_module("sdxl_clip").shaped_clip_target(probe.process_clip_state_dict(dict(sdxl_sd)))
+
+
+def tiny_supported_model(clip_target, base=None, name: str = "Tiny") -> type:
+    """A ComfyUI supported-model class named `name`, derived from `base` (default comfy.supported_models.SDXL),
+    whose table entry is the tiny SDXL's size and whose text encoders are `clip_target`. Put it first in
+    comfy.supported_models.models to make ComfyUI detect the tiny SDXL as it."""
+    import comfy.supported_models
+
+    def clip_target_method(self, state_dict=None):
+        return clip_target
+
+    base = comfy.supported_models.SDXL if base is None else base
+    return type(name, (base,), {"unet_config": dict(TINY_SDXL_TABLE_ENTRY), "clip_target": clip_target_method,
+                                "__module__": __name__})
+
+
+def tiny_config_vae() -> type:
+    """A subclass of the current comfy.sd.VAE whose config defaults to the tiny VAE's (ComfyUI's VAE class assumes
+    full-size widths without a config); set it as comfy.sd.VAE while loading the tiny SDXL."""
+    import comfy.sd
+
+    vae_config = {"params": {"embed_dim": VAE_EMBED_DIM, "ddconfig": TINY_VAE_DDCONFIG}}
+
+    class TinyConfigVAE(comfy.sd.VAE):
+        def __init__(self, sd=None, device=None, config=None, dtype=None, **kwargs):
+            super().__init__(sd=sd, device=device, config=config or vae_config, dtype=dtype, **kwargs)
+
+    return TinyConfigVAE

@@ -18,12 +18,13 @@ from ..tiny_models import (
     CONTEXT_DIM,
     PACK_MODULE_NAME,
     TINY_UNET_CONFIG,
-    TINY_VAE_DDCONFIG,
     UNET_PREFIX,
-    VAE_EMBED_DIM,
     connector_configs_for,
+    tiny_config_vae,
+    tiny_sdxl_clip_target,
     tiny_sdxl_state_dict,
     tiny_supir_state_dict,
+    tiny_supported_model,
     write_checkpoint,
     write_sd15_like,
     write_supir_full,
@@ -183,30 +184,19 @@ def test_unsupported_weight_dtype(mods, sdxl_sd):
 
 
 # --- the standard path: the tiny size registered in ComfyUI's table -----------------------------------------
-TINY_TABLE_ENTRY = {"model_channels": 64, "use_linear_in_transformer": True, "transformer_depth": [0, 0, 1, 1, 1, 1],
-                    "context_dim": CONTEXT_DIM, "adm_in_channels": ADM_IN_CHANNELS, "use_temporal_attention": False}
-
-
 @pytest.fixture
 def tiny_in_comfy_table(mods, sdxl_sd, monkeypatch):
-    """Registers the tiny size as a ComfyUI supported model (and its VAE config), so the standard path runs.
+    """Registers the tiny size as a ComfyUI supported model (and its VAE config), so the standard path runs
+    (tests/tiny_models.py's classes; the server tier's test-only node registers the same).
 
-    Returns a function registering a class derived from `base` (default SDXL); records calls of 0.3.75's
-    load_state_dict_guess_config in the returned `calls` list."""
-    import comfy.model_detection
+    Returns a function registering a class named Tiny derived from `base` (default SDXL); records calls of
+    0.3.75's load_state_dict_guess_config in the returned `calls` list."""
     import comfy.sd
     import comfy.supported_models
 
-    probe = comfy.supported_models.SDXL(comfy.model_detection.detect_unet_config(sdxl_sd, UNET_PREFIX))
-    target = mods("sdxl_clip").shaped_clip_target(probe.process_clip_state_dict(dict(sdxl_sd)))
-    vae_config = {"params": {"embed_dim": VAE_EMBED_DIM, "ddconfig": TINY_VAE_DDCONFIG}}
+    target = tiny_sdxl_clip_target(sdxl_sd)
     calls = []
-
-    class TinyConfigVAE(comfy.sd.VAE):  # ComfyUI's VAE class assumes full-size widths without a config
-        def __init__(self, sd=None, device=None, config=None, dtype=None, **kwargs):
-            super().__init__(sd=sd, device=device, config=config or vae_config, dtype=dtype, **kwargs)
-
-    monkeypatch.setattr(comfy.sd, "VAE", TinyConfigVAE)
+    monkeypatch.setattr(comfy.sd, "VAE", tiny_config_vae())
     if hasattr(comfy.sd, "load_state_dict_guess_config"):
         original = comfy.sd.load_state_dict_guess_config
 
@@ -217,13 +207,8 @@ def tiny_in_comfy_table(mods, sdxl_sd, monkeypatch):
         monkeypatch.setattr(comfy.sd, "load_state_dict_guess_config", spy)
 
     def register(base=comfy.supported_models.SDXL):
-        class Tiny(base):
-            unet_config = dict(TINY_TABLE_ENTRY)
-
-            def clip_target(self, state_dict=None):
-                return target
-
-        monkeypatch.setattr(comfy.supported_models, "models", [Tiny] + list(comfy.supported_models.models))
+        tiny = tiny_supported_model(target, base, name="Tiny")
+        monkeypatch.setattr(comfy.supported_models, "models", [tiny] + list(comfy.supported_models.models))
         return calls
 
     return register

@@ -20,42 +20,21 @@ from .conftest import ComfyServer
 RUN_TIMEOUT_S = 300
 
 # The test-only custom node of the LoRA workflow test, written into that server's custom_nodes folder for one run:
-# it registers the tiny SDXL's size in ComfyUI's model table (as tests/comfy/test_sdxl_loader.py does in-process),
-# so ComfyUI's own Load Checkpoint recognises it. Never part of the pack.
+# it registers the tiny SDXL's size in ComfyUI's model table with tests/tiny_models.py's classes (as
+# tests/comfy/test_sdxl_loader.py does in-process, per test), so ComfyUI's own Load Checkpoint recognises it. Never
+# part of the pack.
 TINY_SDXL_NODE = '''"""TEST ONLY: lets ComfyUI's CheckpointLoaderSimple load tests/tiny_models.py's tiny SDXL."""
 import sys
 
 sys.path.insert(0, {tests!r})
 
-import comfy.model_detection
 import comfy.sd
 import comfy.supported_models
 
 import tiny_models as tm
 
-_sd = tm.tiny_sdxl_state_dict()
-_probe = comfy.supported_models.SDXL(comfy.model_detection.detect_unet_config(_sd, tm.UNET_PREFIX))
-_clip_target = tm._pack_module("sdxl_clip").shaped_clip_target(_probe.process_clip_state_dict(dict(_sd)))
-_vae_config = {{"params": {{"embed_dim": tm.VAE_EMBED_DIM, "ddconfig": tm.TINY_VAE_DDCONFIG}}}}
-del _sd
-
-
-class TinySDXL(comfy.supported_models.SDXL):
-    unet_config = {{"model_channels": 64, "use_linear_in_transformer": True,
-                   "transformer_depth": [0, 0, 1, 1, 1, 1], "context_dim": tm.CONTEXT_DIM,
-                   "adm_in_channels": tm.ADM_IN_CHANNELS, "use_temporal_attention": False}}
-
-    def clip_target(self, state_dict=None):
-        return _clip_target
-
-
-class TinyConfigVAE(comfy.sd.VAE):  # ComfyUI's VAE assumes full-size widths without a config
-    def __init__(self, sd=None, device=None, config=None, dtype=None, **kwargs):
-        super().__init__(sd=sd, device=device, config=config or _vae_config, dtype=dtype, **kwargs)
-
-
-comfy.supported_models.models.insert(0, TinySDXL)
-comfy.sd.VAE = TinyConfigVAE
+comfy.supported_models.models.insert(0, tm.tiny_supported_model(tm.tiny_sdxl_clip_target(), name="TinySDXL"))
+comfy.sd.VAE = tm.tiny_config_vae()
 NODE_CLASS_MAPPINGS = {{}}
 '''
 

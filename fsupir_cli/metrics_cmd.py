@@ -92,7 +92,7 @@ def score_json(score: metrics.Score | None) -> dict | None:
     return {"psnr": json_number(score.psnr), "ssim": json_number(score.ssim), "lpips": json_number(score.lpips)}
 
 
-def markdown_table(scores: list[metrics.Score], mean: metrics.Score, extra: dict | None = None) -> str:
+def markdown_table(scores: list[metrics.Score], mean: metrics.Score) -> str:
     """| image | PSNR | SSIM | (LPIPS) | rows, then the mean in bold."""
     with_lpips = mean.lpips is not None
     head = "| image | PSNR (dB) | SSIM |" + (" LPIPS |" if with_lpips else "")

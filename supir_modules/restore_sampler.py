@@ -171,7 +171,7 @@ class _CFGModels:
             per_tile = self.layout == "tile"
             cond = self._group_conditioning(group, self.pos, self.shared_pos, per_tile)
             uncond = self._group_conditioning(group, self.neg, self.shared_neg, per_tile and len(self.neg) > 1)
-            hint = torch.cat([self.control_latent[:, :, a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
+            hint = tiled_sampling.stack_windows(self.control_latent, self.windows, group)
             self._groups[group] = self._model(cond, uncond, hint)
         return self._groups[group]
 

@@ -68,6 +68,11 @@ def window_groups(n_windows: int, tile_batch: int) -> list[tuple[int, ...]]:
     return [tuple(range(i, min(i + tile_batch, n_windows))) for i in range(0, n_windows, tile_batch)]
 
 
+def stack_windows(t: torch.Tensor, windows: list[Window], group: tuple[int, ...]) -> torch.Tensor:
+    """The windows `group` (indices into `windows`) of `t`, stacked on the batch dimension (window-major)."""
+    return torch.cat([t[:, :, a:b, c:d] for a, b, c, d in (windows[j] for j in group)])
+
+
 class _Tiles:
     """Slicing, stacking and blending for one sampling run; the blend weights and their sum live on the
     device once, instead of being copied there for every tile of every step."""
@@ -83,10 +88,8 @@ class _Tiles:
         self.weight_sum = weight_sum
 
     def stack(self, t: torch.Tensor | None, group: tuple[int, ...]) -> torch.Tensor | None:
-        """The group's windows of `t`, stacked on the batch dimension (window-major)."""
-        if t is None:
-            return None
-        return torch.cat([t[:, :, a:b, c:d] for a, b, c, d in (self.windows[j] for j in group)])
+        """stack_windows of `t` for this run's windows (None stays None: no centre latent, no previous step)."""
+        return None if t is None else stack_windows(t, self.windows, group)
 
     def add(self, acc: torch.Tensor, stacked: torch.Tensor, group: tuple[int, ...]) -> None:
         for (a, b, c, d), part in zip((self.windows[j] for j in group), stacked.chunk(len(group))):

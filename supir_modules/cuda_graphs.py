@@ -40,19 +40,18 @@ class CaptureBackend(Protocol):
 
 
 class CudaGraphBackend:
-    """torch.cuda.CUDAGraph capture as PyTorch documents it: warm-up on a side stream, then capture; all
-    graphs of a run share one memory pool (they are replayed one at a time and outputs are cloned)."""
+    """torch.cuda.CUDAGraph capture as PyTorch documents it: a warm-up run on a side stream (its output is the
+    eager reference the first replay is checked against), then capture; all graphs of a run share one memory
+    pool (they are replayed one at a time and outputs are cloned)."""
 
-    def __init__(self, warmup: int = 1):
-        self.warmup = warmup
+    def __init__(self):
         self.pool = torch.cuda.graph_pool_handle()
 
     def capture(self, run):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                reference = run()
+            reference = run()
         torch.cuda.current_stream().wait_stream(side)
         reference = reference.clone()
         # The warm-up's activations stay cached for the side stream, and the allocator cannot give cached blocks

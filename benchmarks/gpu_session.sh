@@ -18,6 +18,7 @@ BUNDLE="${BUNDLE:-$REPO/.device}"
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${OUT:-$REPO/test-artifacts/gpu}"
 read -r -a EXTRA <<<"${BENCH_ARGS:-}"
+RUNTIME=(--comfy-root "$BUNDLE/comfy" --layout "$BUNDLE/supir_v0_layout.json")  # the bundle, not ../shared
 
 bundle() {
     local comfy="${SUPIR_COMFY_ROOT:-$REPO/.runtime/comfy-0.3.75}"
@@ -49,8 +50,8 @@ bench() {  # bench PART ARGS...: one bench_supir.py run appended to $OUT_DIR/PAR
     shift
     local append=()
     [[ -f "$OUT_DIR/$part.json" ]] && append=(--append)
-    run_logged "$part" "$PYTHON" "$REPO/benchmarks/bench_supir.py" --comfy-root "$BUNDLE/comfy" \
-        --layout "$BUNDLE/supir_v0_layout.json" --json "$OUT_DIR/$part.json" "${append[@]}" "$@" "${EXTRA[@]}"
+    run_logged "$part" "$PYTHON" "$REPO/benchmarks/bench_supir.py" "${RUNTIME[@]}" --json "$OUT_DIR/$part.json" \
+        "${append[@]}" "$@" "${EXTRA[@]}"
 }
 
 part="${1:-}"
@@ -65,8 +66,8 @@ export PYTHONUNBUFFERED=1
 case "$part" in
     check)
         run_logged check "$PYTHON" -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-        run_logged check "$PYTHON" "$REPO/benchmarks/check_fast_paths.py" --comfy-root "$BUNDLE/comfy" \
-            --layout "$BUNDLE/supir_v0_layout.json" --json "$OUT_DIR/check.json" "${EXTRA[@]}"
+        run_logged check "$PYTHON" "$REPO/benchmarks/check_fast_paths.py" "${RUNTIME[@]}" \
+            --json "$OUT_DIR/check.json" "${EXTRA[@]}"
         ;;
     speed)
         bench speed --dtypes fp16 --resolutions 1024 2048 --cuda-graph auto off

@@ -38,7 +38,7 @@ def bundle(tmp_path_factory, layout_json):
 
 
 def test_bundle_travels_whole(bundle, layout_json):
-    files = [p for p in bundle.rglob("*")]
+    files = list(bundle.rglob("*"))
     assert (bundle / "supir_v0_layout.json").read_bytes() == layout_json.read_bytes()
     assert (bundle / "comfy" / "comfy" / "model_management.py").is_file()
     assert not [p for p in files if p.is_symlink()], "links do not travel to the device machine"

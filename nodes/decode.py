@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..supir_modules import images
 from ..supir_modules.colorfix import MODES
 from ..supir_modules.pipeline import decode, finish
+from ..supir_modules.stage_report import StageMeter, ui_output
 from .common import CATEGORY, TILE_NORM_INPUT
 
 
@@ -39,10 +40,12 @@ class FSUPIRDecode:
         if color_fix != "None" and stage1_image is None:
             raise ValueError(f"colour fix {color_fix} needs the stage-1 image: connect Encode's stage1_image, or "
                              "set color_fix to None")
-        decoded = decode(vae, samples["samples"], tiled_vae, decoder_tile_size, official_tile_norm=tile_norm == "official")
-        reference = images.from_comfy_image(stage1_image) if stage1_image is not None else None
-        image = finish(decoded, reference, color_fix, samples.get("fsupir_out_size"), samples.get("fsupir_alpha"))
-        return (image,)
+        with StageMeter("decode") as meter:
+            decoded = decode(vae, samples["samples"], tiled_vae, decoder_tile_size,
+                             official_tile_norm=tile_norm == "official")
+            reference = images.from_comfy_image(stage1_image) if stage1_image is not None else None
+            image = finish(decoded, reference, color_fix, samples.get("fsupir_out_size"), samples.get("fsupir_alpha"))
+        return {"ui": ui_output(meter.report), "result": (image,)}
 
 
 NODE_CLASS_MAPPINGS = {"FSUPIR_TiledDecode": FSUPIRDecode}

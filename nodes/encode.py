@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..supir_modules import images
 from ..supir_modules.latents import SupirLatents
 from ..supir_modules.pipeline import run_stage1
+from ..supir_modules.stage_report import StageMeter, ui_output
 from .common import CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, TILE_NORM_INPUT, check_supir_model
 
 
@@ -50,13 +51,14 @@ class FSUPIREncode:
             raise ValueError(f"the image is {w}x{h} px and upscale {upscale} gives under {images.MIN_SIDE} px on a "
                              f"side; SUPIR needs at least {images.MIN_SIDE}: raise upscale or enlarge the image")
         size = images.plan_size(h, w, upscale, min_size)
-        x = images.prepare_batch(rgb, size)
-        r = run_stage1(supir_model, vae, x, seed, tiled_vae, encoder_tile_size, decoder_tile_size,
-                       official_tile_norm=tile_norm == "official")
+        with StageMeter("encode") as meter:
+            x = images.prepare_batch(rgb, size)
+            r = run_stage1(supir_model, vae, x, seed, tiled_vae, encoder_tile_size, decoder_tile_size,
+                           official_tile_norm=tile_norm == "official")
         latents = SupirLatents(control=r.control_latent, center=r.center_latent, out_size=(size.out_h, size.out_w),
                                source=supir_model.source, alpha=alpha,
                                info={"work_size": (size.work_h, size.work_w), "seed": seed})
-        return (latents, images.to_comfy_image(r.stage1))
+        return {"ui": ui_output(meter.report), "result": (latents, images.to_comfy_image(r.stage1))}
 
 
 NODE_CLASS_MAPPINGS = {"FSUPIR_Encode": FSUPIREncode}

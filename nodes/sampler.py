@@ -7,6 +7,7 @@ import latent_preview
 
 from ..supir_modules.restore_sampler import CUDA_GRAPH_CHOICES, Acceleration, TileOptions, sample
 from ..supir_modules.presets import CUSTOM, PRESETS, SAMPLERS, SamplerSettings, resolve_settings
+from ..supir_modules.stage_report import StageMeter, ui_output
 from .common import (CATEGORY, SUPIR_LATENTS_TYPE, SUPIR_MODEL_TYPE, check_supir_latents, check_supir_model,
                      tile_inputs)
 
@@ -83,15 +84,18 @@ class FSUPIRSampler:
         tiles = TileOptions(enabled=bool(tiled), size=tile_size // 8, stride=tile_stride // 8)
         preview = latent_preview.prepare_callback(supir_model.sdxl, settings.steps)
 
-        def callback(i, steps_total, x, denoised):
-            preview(i, denoised, x, steps_total)
-
         accel = Acceleration(cuda_graph=cuda_graph, tile_batch=int(tile_batch))
-        samples = sample(supir_model, supir_latents, positive, negative, settings, seed, tiles, callback, accel=accel)
+        with StageMeter("sample") as meter:
+            def callback(i, steps_total, x, denoised):
+                meter.step_done()
+                preview(i, denoised, x, steps_total)
+
+            samples = sample(supir_model, supir_latents, positive, negative, settings, seed, tiles, callback,
+                             accel=accel)
         out = {"samples": samples, "fsupir_out_size": supir_latents.out_size}
         if supir_latents.alpha is not None:
             out["fsupir_alpha"] = supir_latents.alpha
-        return (out,)
+        return {"ui": ui_output(meter.report), "result": (out,)}
 
 
 NODE_CLASS_MAPPINGS = {"FSUPIR_Sampler": FSUPIRSampler}

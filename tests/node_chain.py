@@ -20,11 +20,16 @@ class Chain:
     def __init__(self, nodes, loaded):
         self.n = nodes
         self.supir, self.clip, self.vae = loaded
+        self.reports: list[dict] = []  # the stage nodes' UI reports (time, peak VRAM), in call order
+
+    def _result(self, out: dict) -> tuple:
+        self.reports.extend(out["ui"]["fsupir_report"])
+        return out["result"]
 
     def encode(self, img, **kw):
         args = dict(upscale=1.0, min_size=128, seed=1, tiled_vae=False, encoder_tile_size=512, decoder_tile_size=64)
         args.update(kw)
-        return self.n["FSUPIR_Encode"]().encode(self.supir, self.vae, img, **args)
+        return self._result(self.n["FSUPIR_Encode"]().encode(self.supir, self.vae, img, **args))
 
     def condition(self, captions=("a photo of a cat",), **kw):
         args = dict(CONDITIONER_DEFAULTS)
@@ -35,10 +40,11 @@ class Chain:
     def sample(self, latents, pos, neg, seed=7, **kw):
         args = dict(SAMPLER_DEFAULTS)
         args.update(kw)
-        return self.n["FSUPIR_Sampler"]().sample(self.supir, latents, pos, neg, seed, **args)[0]
+        return self._result(self.n["FSUPIR_Sampler"]().sample(self.supir, latents, pos, neg, seed, **args))[0]
 
     def decode(self, samples, stage1, color_fix="Wavelet", **kw):
-        return self.n["FSUPIR_TiledDecode"]().decode(self.vae, samples, color_fix, stage1_image=stage1, **kw)[0]
+        return self._result(self.n["FSUPIR_TiledDecode"]().decode(self.vae, samples, color_fix, stage1_image=stage1,
+                                                                  **kw))[0]
 
     def run(self, img, seed=7, **sampler_kw):
         latents, stage1 = self.encode(img)

@@ -20,6 +20,17 @@ def test_chain_restores_to_the_input_size(chain):
     assert samples["samples"].shape == (1, 4, 16, 24)
 
 
+def test_each_stage_node_reports_its_time(chain):
+    """Encode, Sampler and Tiled Decode return their time (and peak VRAM, none on the CPU) as UI output."""
+    chain.reports.clear()
+    chain.run(image(), steps=4)
+    assert [r["stage"] for r in chain.reports] == ["encode", "sample", "decode"], chain.reports
+    encode, sample, decode = chain.reports
+    assert sample["steps"] == 4 and sample["ms_per_step"] > 0
+    assert encode["steps"] is None and decode["steps"] is None
+    assert all(r["seconds"] > 0 and r["device"] == "cpu" and r["peak_vram_gib"] is None for r in chain.reports)
+
+
 def test_upscale_and_batches(chain):
     out, _ = chain.run(image(b=2, h=64, w=96, seed=3), seed=1)
     latents, _ = chain.encode(image(b=2, h=64, w=96, seed=3), upscale=2.0)

@@ -109,7 +109,33 @@ def check_run(server, stem: str, case: Case, entry: dict) -> dict:
     assert captions and all(isinstance(c, str) for c in captions), \
         f"{stem}: the caption node returned no ui text: {entry['outputs'].get(caption_id)}"
     assert len(captions) == (case.tiles or 1), f"{stem}: {len(captions)} captions, expected {case.tiles or 1}"
+    check_stage_reports(server, stem, prompt, entry)
     return images
+
+
+REPORTING = {"FSUPIR_Encode": "encode", "FSUPIR_Sampler": "sample", "FSUPIR_TiledDecode": "decode"}
+
+
+def check_stage_reports(server, stem: str, prompt: dict, entry: dict) -> None:
+    """Each stage node's UI output in /history holds its time (and peak VRAM, none on the CPU); the sampler's
+    counts the steps its preset (or its own widget, with preset Custom) asks for."""
+    presets = server.get_json("/fsupir/presets")
+    for node_id, node in prompt.items():
+        stage = REPORTING.get(node["class_type"])
+        if stage is None:
+            continue
+        reports = entry["outputs"].get(node_id, {}).get("fsupir_report")
+        assert reports and len(reports) == 1, f"{stem}: node {node_id} reported {entry['outputs'].get(node_id)}"
+        report = reports[0]
+        assert report["stage"] == stage and report["seconds"] > 0 and report["device"] == "cpu", report
+        assert report["peak_vram_gib"] is None and report["summary"].startswith(f"{stage}: "), report
+        if stage == "sample":
+            inputs = node["inputs"]
+            preset = presets["presets"].get(inputs["preset"], inputs)
+            assert report["steps"] == preset["steps"], f"{stem}: {report} for {inputs['preset']}"
+            assert report["ms_per_step"] > 0, report
+        else:
+            assert report["steps"] is None and report["ms_per_step"] is None, report
 
 
 # --- servers ---------------------------------------------------------------------------------------------------

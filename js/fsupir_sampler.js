@@ -1,5 +1,6 @@
 // SUPIR Sampler: shows the settings the sampler will really use (the preset's values, or the widgets' own
-// values with preset "Custom") below its widgets, updated as the preset or any value changes.
+// values with preset "Custom") below its widgets, updated as the preset or any value changes, and after a run
+// what that run took (the node's {"ui": {"fsupir_report": [...]}}: time, ms/step, peak VRAM).
 // The presets come from the server (GET /fsupir/presets, nodes/routes.py), the same table the sampler uses.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -62,6 +63,18 @@ function describe(effective) {
   ];
 }
 
+/** The settings lines, then the last run's report (its summary is written by the server). */
+function displayLines(node) {
+  const lines = describe(effectiveSettings(node));
+  const report = node.fsupirLastRun;
+  return report ? [...lines, `Last run: ${report.summary}`] : lines;
+}
+
+function fitDisplay(node) {
+  const size = node.computeSize();
+  node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+}
+
 function addDisplay(node) {
   if (node.widgets?.some((w) => w.name === WIDGET_NAME)) return;
   const display = {
@@ -71,10 +84,10 @@ function addDisplay(node) {
     serialize: false, // not in the saved widgets_values
     options: { serialize: false }, // not in the API prompt
     computeSize(width) {
-      return [width, describe(effectiveSettings(node)).length * LINE_HEIGHT + 8];
+      return [width, displayLines(node).length * LINE_HEIGHT + 8];
     },
     draw(ctx, drawnNode, width, y) {
-      const lines = describe(effectiveSettings(drawnNode));
+      const lines = displayLines(drawnNode);
       this.value = lines.join("\n");
       ctx.save();
       ctx.fillStyle = LiteGraph.WIDGET_SECONDARY_TEXT_COLOR ?? "#999";
@@ -85,8 +98,7 @@ function addDisplay(node) {
     },
   };
   node.addCustomWidget(display);
-  const size = node.computeSize();
-  node.setSize([Math.max(node.size[0], size[0]), Math.max(node.size[1], size[1])]);
+  fitDisplay(node);
 }
 
 /** The 2024 frontend saves every widget's value; keep the display's out of the workflow (the newer one already
@@ -117,10 +129,21 @@ app.registerExtension({
       dropDisplayValue(this, o, WIDGET_NAME);
       return r;
     };
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (message) {
+      const r = onExecuted?.apply(this, arguments);
+      const report = Array.isArray(message?.fsupir_report) ? message.fsupir_report[0] : null;
+      if (report?.summary) {
+        this.fsupirLastRun = report;
+        fitDisplay(this);
+        this.setDirtyCanvas?.(true, true);
+      }
+      return r;
+    };
     // For tests and other extensions: what the display shows.
     nodeType.prototype.fsupirEffectiveSettings = function () {
       const effective = effectiveSettings(this);
-      return { ...(effective ?? {}), lines: describe(effective) };
+      return { ...(effective ?? {}), lines: displayLines(this), lastRun: this.fsupirLastRun ?? null };
     };
   },
 });

@@ -3,7 +3,7 @@ each runtime:
 - each workflow loads with no missing node type, every widget keeps its saved value and is accepted by its widget
   (in the list, inside min/max), the frontend's own API export equals workflows/api/<stem>.json, and the server
   validates that export; a screenshot per workflow and runtime goes to test-artifacts/screenshots/;
-- after a run, the caption node shows the caption(s) it wrote;
+- after a run, the caption node shows the caption(s) it wrote, and the sampler what its run took;
 - the sampler node shows the effective settings of its preset (from /fsupir/presets) and follows the preset widget;
 - hovering an input shows its Python tooltip (the new frontend natively, the 2024 frontend through js/).
 """
@@ -132,9 +132,9 @@ def test_workflow_saved_before_the_speed_options_keeps_every_value(frontend):
     assert exported["tile_stride"] == 512 and exported["cuda_graph"] == "auto" and exported["tile_batch"] == 1
 
 
-def test_caption_node_shows_its_captions_after_a_run(frontend, screenshots_dir):
+def test_caption_and_sampler_nodes_show_what_their_run_reported(frontend, screenshots_dir):
     """basic_restore run from the frontend (small: min_size 64, short captions); the caption node's text box then
-    holds the captions the server reported for it."""
+    holds the captions the server reported for it, and the sampler's display ends with the run's report."""
     frontend.js(LOAD_JS, load_ui("basic_restore"))
     frontend.js("""() => {
       const set = (type, name, value) => { app.graph._nodes.find((n) => n.type === type).widgets
@@ -153,21 +153,38 @@ def test_caption_node_shows_its_captions_after_a_run(frontend, screenshots_dir):
       return {{text: w?.inputEl?.value ?? null, captions: node.fsupirCaptions, id: String(node.id)}};
     }}""")
     frontend.screenshot(screenshots_dir / f"{frontend.server.runtime}-caption-shown.png")
-    deadline = time.monotonic() + 240
-    while True:  # the caption is shown while the rest of the workflow still runs
-        history = frontend.server.get_json("/history")
-        reported = [e["outputs"][shown["id"]]["text"] for e in history.values()
-                    if e["prompt"][2].get(shown["id"], {}).get("inputs", {}).get("seed") == CAPTION_SEED
-                    and "text" in e.get("outputs", {}).get(shown["id"], {})]
-        if reported or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert reported, f"the server reported no caption text: {json.dumps(history)[:2000]}"
-    assert shown["captions"] == reported[-1]
-    assert shown["text"] == reported[-1][0] and shown["text"].strip(), shown
+    reported = _reported(frontend.server, shown["id"], shown["id"], "text")  # while the rest still runs
+    assert shown["captions"] == reported
+    assert shown["text"] == reported[0] and shown["text"].strip(), shown
     inputs = frontend.js(f"""async () => (await app.graphToPrompt()).output[{json.dumps(shown["id"])}].inputs""")
     assert "fsupir_caption_text" not in inputs, "the caption display must not be sent to the server"
+
+    # The sampler then shows what its run took, as the server reported it.
+    frontend.page.wait_for_function(f"() => ({NODE_JS})('FSUPIR_Sampler').fsupirLastRun != null", timeout=240_000)
+    sampler = frontend.js(f"""() => {{
+      const node = ({NODE_JS})("FSUPIR_Sampler");
+      return {{id: String(node.id), shown: node.fsupirEffectiveSettings()}};
+    }}""")
+    report = _reported(frontend.server, shown["id"], sampler["id"], "fsupir_report")[0]
+    assert sampler["shown"]["lastRun"] == report and report["stage"] == "sample", sampler
+    assert sampler["shown"]["lines"][-1] == f"Last run: {report['summary']}", sampler["shown"]["lines"]
+    frontend.screenshot(screenshots_dir / f"{frontend.server.runtime}-sampler-last-run.png")
     assert not frontend.ours(), frontend.ours()
+
+
+def _reported(server, marker_id: str, node_id: str, key: str, timeout: float = 240) -> list:
+    """Output `key` of node `node_id` in /history, from the run whose node `marker_id` has seed CAPTION_SEED."""
+    deadline = time.monotonic() + timeout
+    while True:
+        history = server.get_json("/history")
+        found = [e["outputs"][node_id][key] for e in history.values()
+                 if e["prompt"][2].get(marker_id, {}).get("inputs", {}).get("seed") == CAPTION_SEED
+                 and key in e.get("outputs", {}).get(node_id, {})]
+        if found:
+            return found[-1]
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server reported no {key} for node {node_id}: {json.dumps(history)[:2000]}")
+        time.sleep(0.5)
 
 
 def test_sampler_shows_the_effective_settings_of_its_preset(frontend):

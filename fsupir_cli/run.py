@@ -190,6 +190,17 @@ def output_files(prompt: dict, outputs: dict, stem: str) -> list[tuple[dict, str
     return others + mine
 
 
+def stage_reports(prompt: dict, outputs: dict) -> list[str]:
+    """'<node title>: <summary>' for each SUPIR stage node that reported what it took (time, ms/step, peak VRAM)."""
+    lines = []
+    for node_id, out in outputs.items():
+        for report in out.get("fsupir_report", []):
+            if isinstance(report, dict) and report.get("summary"):
+                title = prompt.get(node_id, {}).get("_meta", {}).get("title") or f"node {node_id}"
+                lines.append(f"{title}: {report['summary']}")
+    return lines
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_bytes(data)
@@ -266,6 +277,8 @@ async def run_one(client: ComfyClient, workflow: dict, image: Path | None, stem:
     prompt = apply_overrides(workflow, uploaded, args.seed, args.preset, args.prompt, args.sets)
     progress = ProgressBar(prompt, label, enabled=not args.no_progress)
     entry = await asyncio.wait_for(client.run(prompt, progress), args.timeout)
+    for line in stage_reports(prompt, entry.get("outputs", {})):
+        logger.info("%s: %s", label, line)
     written = []
     for ref, name in output_files(prompt, entry.get("outputs", {}), stem):
         path = args.out / name

@@ -44,6 +44,9 @@ def test_run_with_overrides_downloads_the_result(server, tmp_path):
     assert restored.shape == (96, 128, 3), restored.shape  # basic_restore upscales 2x
     assert restored.std() > 0.5
     assert "done in" in result.stderr and "Restore (SUPIR sampler)" in result.stderr, result.stderr
+    # What each stage took, as the nodes reported it (8 Lightning steps; no VRAM figure on the CPU).
+    assert "Restore (SUPIR sampler): sample: " in result.stderr and ", 8 steps, " in result.stderr, result.stderr
+    assert "encode: " in result.stderr and "decode: " in result.stderr, result.stderr
     # The server ran the overridden prompt.
     history = server.get_json("/history")
     prompts = [entry["prompt"][2] for entry in history.values()]

@@ -102,3 +102,14 @@ def test_image_files_are_files_with_an_image_suffix(tmp_path):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "folder.png").mkdir()
     assert [p.name for p in image_files(tmp_path)] == ["a.jpg", "b.PNG", "c.webp"]
+
+
+def test_stage_reports_name_each_reporting_node():
+    prompt = {"6": {"class_type": "FSUPIR_Sampler", "_meta": {"title": "Restore"}},
+              "7": {"class_type": "FSUPIR_TiledDecode"}}
+    outputs = {"6": {"fsupir_report": [{"stage": "sample", "summary": "sample: 1.00 s, 8 steps, 90.0 ms/step"}]},
+               "7": {"fsupir_report": [{"stage": "decode", "summary": "decode: 0.20 s, on cpu"}]},
+               "9": {"images": [{"filename": "a.png"}]},
+               "8": {"fsupir_report": ["not a report", {"stage": "encode"}]}}  # nothing to print
+    assert run.stage_reports(prompt, outputs) == ["Restore: sample: 1.00 s, 8 steps, 90.0 ms/step",
+                                                  "node 7: decode: 0.20 s, on cpu"]

@@ -198,13 +198,6 @@ def parse_resolution(spec: str) -> tuple[int, bool]:
 
 
 # --- device helpers --------------------------------------------------------------------------------------------
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def apply_vram_budget(budget_gib: float) -> dict:
     """Makes ComfyUI's memory manager and PyTorch's allocator behave as on a card with `budget_gib` GiB."""
     import torch
@@ -290,32 +283,26 @@ class GraphLog(logging.Handler):
 
 
 class Stage:
-    """Times a stage (device synchronised at its end) and records its peak device memory."""
+    """One stage measured as the nodes measure it (supir_modules/stage_report.py: device synchronised at its start
+    and end, peak statistics reset at its start), into `record`."""
 
     def __init__(self, name: str, record: dict):
         self.name, self.record = name, record
+        self.meter = mod("stage_report").StageMeter(name)
 
     def __enter__(self):
-        import torch
-
-        sync()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         self.record["stage"] = self.name  # where an out-of-memory error happened
-        self.t0 = time.perf_counter()
+        self.meter.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        import torch
-
+        self.meter.__exit__(exc_type, exc, tb)
         if exc_type is not None:
             return False
-        sync()
-        self.end = time.perf_counter()
-        self.record[f"{self.name}_s"] = self.end - self.t0
-        on_gpu = torch.cuda.is_available()
-        self.record[f"peak_vram_{self.name}_gib"] = torch.cuda.max_memory_allocated() / GIB if on_gpu else None
-        self.record[f"peak_reserved_{self.name}_gib"] = torch.cuda.max_memory_reserved() / GIB if on_gpu else None
+        report = self.meter.report
+        self.record[f"{self.name}_s"] = report.seconds
+        self.record[f"peak_vram_{self.name}_gib"] = report.peak_vram_gib
+        self.record[f"peak_reserved_{self.name}_gib"] = report.peak_reserved_gib
         return False
 
 
@@ -375,12 +362,11 @@ def run_once(supir, vae, case: Case, steps: int, record: dict) -> tuple[object, 
     size = images.plan_size(case.px, case.px, 1.0, min(case.px, 1024))
     pos, neg = conditioning(supir)
     accel = pipeline.Acceleration(cuda_graph=case.cuda_graph, tile_batch=case.tile_batch)
-    stamps: list[float] = []
+    sampling = Stage("sample", record)
 
     def on_step(i, n, x, denoised):
-        if not stamps:  # the only sync inside sampling: when step 1 has finished
-            sync()
-            stamps.append(time.perf_counter())
+        sampling.meter.step_done()  # the only sync inside sampling: when step 1 has finished
+        if record["sampling_load"] is None:
             record["sampling_load"] = {"sdxl": load_state(supir.sdxl), "adaptor": load_state(supir.adaptor)}
 
     t_start = time.perf_counter()
@@ -389,7 +375,7 @@ def run_once(supir, vae, case: Case, steps: int, record: dict) -> tuple[object, 
         r = pipeline.run_stage1(supir, vae, x, seed=0, tiled=case.tiled, encoder_tile=case.encoder_tile,
                                 decoder_tile=case.decoder_tile)
         latents = pipeline.SupirLatents(r.control_latent, r.center_latent, (size.out_h, size.out_w), supir.source)
-    with Stage("sample", record) as sampling, GraphLog() as graph_log:
+    with sampling, GraphLog() as graph_log:
         samples = pipeline.sample(supir, latents, pos, neg, settings_for(steps), seed=0, tiles=tiles_for(case),
                                   callback=on_step, accel=accel)
     record["cuda_graph_outcome"] = graph_log.outcome(case.cuda_graph)
@@ -400,7 +386,7 @@ def run_once(supir, vae, case: Case, steps: int, record: dict) -> tuple[object, 
         reference = images.from_comfy_image(images.to_comfy_image(r.stage1))
         restored = pipeline.finish(decoded, reference, "Wavelet", (size.out_h, size.out_w), None)
     record["end_to_end_s"] = time.perf_counter() - t_start
-    record["ms_per_step"] = ((sampling.end - stamps[0]) / (steps - 1) * 1000) if steps > 1 and stamps else None
+    record["ms_per_step"] = sampling.meter.report.ms_per_step
     del record["stage"]
     return restored, latents
 

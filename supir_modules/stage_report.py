@@ -2,10 +2,11 @@
 them: in ComfyUI's log, and in the node's UI output, which reaches the frontend and the /history of API runs.
 
 Users of the other SUPIR packs mostly fail on memory and wait on speed, and reporting time and peak VRAM is one of
-the things no existing option does well (../shared/docs/what-users-ask.md). The figures are those of benchmarks/bench_supir.py's columns, measured the
-same way: the device is synchronised at the start and end of the stage and once after the first sampler step
-(so ms/step is the steady state: it leaves out model loading and CUDA graph capture), and the peak is
-`torch.cuda.max_memory_allocated` since the stage began (PyTorch's peak statistics are reset at its start).
+the things no existing option does well (../shared/docs/what-users-ask.md). The figures are those of
+benchmarks/bench_supir.py's columns, measured the same way: the device is synchronised at the start and end of the
+stage and once after the first sampler step (so ms/step is the steady state: it leaves out model loading and CUDA
+graph capture), and the peak is `torch.cuda.max_memory_allocated` since the stage began (PyTorch's peak statistics
+are reset at its start).
 """
 from __future__ import annotations
 

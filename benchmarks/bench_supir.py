@@ -15,7 +15,7 @@ Timing: model building is excluded. Each row first does an untimed warm-up run o
 are not counted; the timed run then starts with the models where ComfyUI's memory manager left them, as a
 second run of a workflow does (--cold: all models offloaded to system RAM first). Every `load_models_gpu` call
 of the timed run, and whatever loading or offloading it decides, is inside the stage times. The device is
-synchronised only at the end of each stage and at the first step callback; ms/step is
+synchronised only at the start and end of each stage and at the first step callback; ms/step is
 (end of sampling - end of step 1) / (steps - 1), so it leaves out the first step (model loading, CUDA graph
 capture and its check against eager) and keeps everything after it. Decode includes the colour fix, which
 runs on the CPU as in the node. FLOPs of one sampler step

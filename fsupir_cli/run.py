@@ -277,10 +277,11 @@ async def run_one(client: ComfyClient, workflow: dict, image: Path | None, stem:
     prompt = apply_overrides(workflow, uploaded, args.seed, args.preset, args.prompt, args.sets)
     progress = ProgressBar(prompt, label, enabled=not args.no_progress)
     entry = await asyncio.wait_for(client.run(prompt, progress), args.timeout)
-    for line in stage_reports(prompt, entry.get("outputs", {})):
+    outputs = entry.get("outputs", {})
+    for line in stage_reports(prompt, outputs):
         logger.info("%s: %s", label, line)
     written = []
-    for ref, name in output_files(prompt, entry.get("outputs", {}), stem):
+    for ref, name in output_files(prompt, outputs, stem):
         path = args.out / name
         write_atomic(path, await client.download(ref))
         written.append(path)
